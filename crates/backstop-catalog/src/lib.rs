@@ -1,0 +1,80 @@
+//! The catalog: Backstop's metadata database.
+//!
+//! It stores operations (with their idempotency keys), resources (the
+//! instances an agent serves), archives, backups and provider activations.
+//! Callers see only the [`Catalog`] trait and the plain types in [`model`];
+//! the embedded SQLite backend ([`SqliteCatalog`]) is the default, and a
+//! PostgreSQL backend can implement the same trait without callers changing.
+//!
+//! Guarantees every backend keeps:
+//! - [`Catalog::create_operation`] records an operation and its idempotency
+//!   key in one transaction, so a repeated key never yields a second
+//!   operation, even when two calls race.
+//! - A finished operation holds exactly one of an error (with a non-zero code)
+//!   and a response, and never changes again.
+//! - Every update of an operation moves `modified_at` forward.
+
+mod error;
+mod ids;
+pub mod model;
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use error::CatalogError;
+pub use ids::new_api_id;
+pub use model::*;
+pub use sqlite::SqliteCatalog;
+
+/// Result type of catalog calls.
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// The metadata store behind the public API.
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    /// Records a new operation, or returns the operation already recorded
+    /// under the same idempotency key (then `created` is false).
+    async fn create_operation(&self, new: NewOperation) -> Result<CreatedOperation>;
+
+    async fn get_operation(&self, id: &str) -> Result<Operation>;
+
+    /// Replaces the metadata of an unfinished operation. Updates of a finished
+    /// operation are ignored and return it unchanged.
+    async fn update_operation_metadata(&self, id: &str, metadata: AnyMessage) -> Result<Operation>;
+
+    /// Marks an operation done with its result, unless it is already done.
+    async fn finish_operation(&self, id: &str, result: OperationResult) -> Result<Operation>;
+
+    /// Flags an unfinished operation for cancellation; the worker that runs
+    /// it reads the flag and ends it.
+    async fn request_cancel(&self, id: &str) -> Result<Operation>;
+
+    /// Lists operations that are not done, oldest first, so a restarted
+    /// server can resume or end them.
+    async fn list_unfinished_operations(&self) -> Result<Vec<Operation>>;
+
+    /// Deletes idempotency keys created before `before`.
+    async fn expire_idempotency_keys(&self, before: Timestamp) -> Result<u64>;
+
+    async fn upsert_resource(&self, resource: &Resource) -> Result<()>;
+
+    async fn get_resource(&self, compute_instance_id: &str) -> Result<Resource>;
+
+    async fn list_resources(&self, query: &ResourceQuery) -> Result<Page<Resource>>;
+
+    async fn upsert_archive(&self, archive: &Archive) -> Result<()>;
+
+    async fn get_archive(&self, id: &str) -> Result<Archive>;
+
+    async fn list_archives(&self, scope: &ArchiveScope) -> Result<Vec<Archive>>;
+
+    async fn insert_backup(&self, backup: &Backup) -> Result<()>;
+
+    async fn get_backup(&self, id: &str) -> Result<Backup>;
+
+    async fn list_backups(&self, query: &BackupQuery) -> Result<Page<Backup>>;
+
+    async fn activate_provider(&self, folder_id: &str, name: &str) -> Result<()>;
+
+    async fn list_activated_providers(&self, folder_id: &str) -> Result<Vec<String>>;
+}

@@ -1,0 +1,351 @@
+//! Plain data types stored in the catalog.
+//!
+//! Enum discriminants equal the numbers of the matching public API enums, so
+//! the server converts with a number and never with a lookup table.
+
+use serde::{Deserialize, Serialize};
+
+/// A point in time, always UTC.
+pub type Timestamp = time::OffsetDateTime;
+
+/// An encoded protobuf message with its type URL, as in `google.protobuf.Any`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnyMessage {
+    pub type_url: String,
+    pub value: Vec<u8>,
+}
+
+/// A long-running operation as the public API shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Operation {
+    pub id: String,
+    pub description: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub modified_at: Timestamp,
+    pub done: bool,
+    pub metadata: AnyMessage,
+    pub result: Option<OperationResult>,
+    pub cancel_requested: bool,
+    /// The instance the operation works on, if any.
+    pub resource_id: Option<String>,
+}
+
+/// The outcome of a finished operation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OperationResult {
+    Error(OperationError),
+    Response(AnyMessage),
+}
+
+/// A `google.rpc.Status` of a failed operation. `code` is never 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperationError {
+    pub code: i32,
+    pub message: String,
+    pub details: Vec<AnyMessage>,
+}
+
+/// The scope of an `idempotency-key`: one caller calling one method.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub subject: String,
+    pub method: String,
+    pub key: String,
+}
+
+/// Input of [`crate::Catalog::create_operation`].
+#[derive(Clone, Debug)]
+pub struct NewOperation {
+    pub description: String,
+    pub created_by: String,
+    pub metadata: AnyMessage,
+    pub resource_id: Option<String>,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// Output of [`crate::Catalog::create_operation`].
+#[derive(Clone, Debug)]
+pub struct CreatedOperation {
+    pub operation: Operation,
+    /// False when an earlier call with the same idempotency key made it.
+    pub created: bool,
+}
+
+/// What the agent of an instance is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ResourceStatus {
+    Idle = 1,
+    Backuping = 2,
+    Recovering = 3,
+    Failed = 4,
+    Other = 5,
+}
+
+/// How far the registration of an instance has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum InitStatus {
+    Registering = 1,
+    Registered = 2,
+    FailedRegistration = 3,
+    Deleted = 4,
+}
+
+/// The kind of machine a resource is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ResourceType {
+    Compute = 1,
+    Bms = 2,
+    ExternalVm = 3,
+    ExternalServer = 4,
+}
+
+/// An instance connected to Backstop through an agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub compute_instance_id: String,
+    pub resource_id: String,
+    pub folder_id: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub online: bool,
+    pub enabled: bool,
+    pub status: ResourceStatus,
+    pub status_details: String,
+    /// Percent of the running backup or recovery, 0 to 100.
+    pub status_progress: i64,
+    pub last_backup_time: Option<Timestamp>,
+    pub next_backup_time: Option<Timestamp>,
+    pub init_status: InitStatus,
+    pub metadata: String,
+    pub resource_type: ResourceType,
+    pub agent_version: String,
+    pub last_heartbeat_at: Option<Timestamp>,
+}
+
+/// Input of [`crate::Catalog::list_resources`].
+#[derive(Clone, Debug)]
+pub struct ResourceQuery {
+    pub folder_id: String,
+    pub resource_type: Option<ResourceType>,
+    pub page: PageRequest,
+}
+
+/// One page of a listing request.
+#[derive(Clone, Debug, Default)]
+pub struct PageRequest {
+    /// Maximum number of items; the catalog never returns more.
+    pub size: usize,
+    /// The `next_page_token` of the previous page, if any.
+    pub token: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Set when more items follow.
+    pub next_page_token: Option<String>,
+}
+
+/// The chain of backups of one instance made by one policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Archive {
+    pub id: String,
+    pub name: String,
+    pub folder_id: String,
+    pub compute_instance_id: String,
+    pub resource_id: String,
+    pub policy_id: String,
+    pub policy_name: String,
+    pub size: i64,
+    pub compressed_data_size: i64,
+    pub data_size: i64,
+    pub original_data_size: i64,
+    pub logical_size: i64,
+    /// A `yandex.cloud.backup.v1.Format` number.
+    pub format: i32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_backup_created_at: Option<Timestamp>,
+    pub last_seen_at: Option<Timestamp>,
+    pub encrypted: bool,
+    pub deleted: bool,
+}
+
+/// Which archives to list.
+#[derive(Clone, Debug)]
+pub enum ArchiveScope {
+    Folder(String),
+    Instance(String),
+}
+
+/// Whether a backup holds all data or only what changed since the last one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum BackupType {
+    Full = 1,
+    Incremental = 2,
+}
+
+/// One backup of an instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backup {
+    pub id: String,
+    pub archive_id: String,
+    pub folder_id: String,
+    pub compute_instance_id: String,
+    pub resource_id: String,
+    pub policy_id: String,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    /// Bytes this backup occupies in the repository.
+    pub size: i64,
+    pub deduplicated_size: i64,
+    pub backed_up_data_size: i64,
+    pub original_data_size: i64,
+    pub backup_type: BackupType,
+    pub disks: Vec<Disk>,
+    pub deleted: bool,
+}
+
+/// A disk captured in a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    pub device_model: String,
+    pub name: String,
+    pub size: i64,
+    pub volumes: Vec<Volume>,
+}
+
+/// A partition found on a disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub free_space: i64,
+    pub is_bootable: bool,
+    pub is_system: bool,
+    pub name: String,
+    pub size: i64,
+    pub mount_strid: String,
+}
+
+/// Input of [`crate::Catalog::list_backups`].
+#[derive(Clone, Debug)]
+pub struct BackupQuery {
+    pub selector: BackupSelector,
+    pub order: SortOrder,
+    /// All conditions must hold.
+    pub created_at: Vec<TimeCondition>,
+    pub page: PageRequest,
+}
+
+/// Which backups a listing covers; mirrors the `id` oneof of the request.
+#[derive(Clone, Debug)]
+pub enum BackupSelector {
+    Instance(String),
+    Archive {
+        archive_id: String,
+        folder_id: String,
+    },
+    Folder(String),
+    InstancePolicy {
+        compute_instance_id: Option<String>,
+        policy_id: Option<String>,
+    },
+    Resource(String),
+    Policy(String),
+    Backup {
+        backup_id: String,
+        folder_id: String,
+    },
+}
+
+/// Sort order of a listing by creation time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    #[default]
+    Descending,
+    Ascending,
+}
+
+/// A comparison of a timestamp column with a fixed time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeCondition {
+    pub op: CompareOp,
+    pub value: Timestamp,
+}
+
+/// A comparison operator of a listing filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CompareOp {
+    /// Returns the SQL spelling of the operator.
+    pub fn sql(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "=",
+            CompareOp::Ne => "<>",
+            CompareOp::Lt => "<",
+            CompareOp::Le => "<=",
+            CompareOp::Gt => ">",
+            CompareOp::Ge => ">=",
+        }
+    }
+}
+
+impl ResourceStatus {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Idle,
+            2 => Self::Backuping,
+            3 => Self::Recovering,
+            4 => Self::Failed,
+            5 => Self::Other,
+            _ => return None,
+        })
+    }
+}
+
+impl InitStatus {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Registering,
+            2 => Self::Registered,
+            3 => Self::FailedRegistration,
+            4 => Self::Deleted,
+            _ => return None,
+        })
+    }
+}
+
+impl ResourceType {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Compute,
+            2 => Self::Bms,
+            3 => Self::ExternalVm,
+            4 => Self::ExternalServer,
+            _ => return None,
+        })
+    }
+}
+
+impl BackupType {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Full,
+            2 => Self::Incremental,
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,152 @@
+//! Typed server configuration, read from a TOML file and overridden by
+//! command-line flags and environment variables in the binary.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::{AuthMode, TokenConfig};
+
+/// Every setting of `backstop server`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the gRPC server listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Folder holding the catalog database and, later, the repository.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `host:port` that endpoint discovery returns; defaults to `listen`.
+    #[serde(default)]
+    pub advertise_address: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// Certificate and private key, both PEM files, for serving TLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Authentication settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `tokens` or `development`; when unset, development on a loopback
+    /// address and tokens elsewhere.
+    #[serde(default)]
+    pub mode: Option<AuthMode>,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            advertise_address: None,
+            tls: None,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Parses a TOML configuration file's text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Returns the authentication mode in force.
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth.mode.unwrap_or(if self.listen.ip().is_loopback() {
+            AuthMode::Development
+        } else {
+            AuthMode::Tokens
+        })
+    }
+
+    /// Lists every problem of the configuration at once, so an operator
+    /// fixes them in one pass.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(tls) = &self.tls {
+            for (name, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.is_file() {
+                    problems.push(format!("{name}: file {} does not exist", path.display()));
+                }
+            }
+        }
+        if self.auth_mode() == AuthMode::Tokens && self.auth.tokens.is_empty() {
+            problems.push(
+                "auth: mode is `tokens` but no [[auth.tokens]] entry is configured, so no call could succeed"
+                    .to_owned(),
+            );
+        }
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if token.token.len() < 8 {
+                problems.push(format!(
+                    "auth.tokens[{i}]: the token must be at least 8 characters long"
+                ));
+            }
+            if token.subject.is_empty() {
+                problems.push(format!("auth.tokens[{i}]: subject must not be empty"));
+            }
+            if token.folders.is_empty() {
+                problems.push(format!(
+                    "auth.tokens[{i}]: folders is empty; list folder ids or \"*\" for all folders"
+                ));
+            }
+        }
+        if let Some(address) = &self.advertise_address {
+            if !address.contains(':') {
+                problems.push(format!("advertise_address: {address:?} must be host:port"));
+            }
+        }
+        problems
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9000))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("backstop-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = ServerConfig::from_toml("").unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.auth_mode(), AuthMode::Development);
+        assert!(config.problems().is_empty());
+    }
+
+    #[test]
+    fn unknown_setting_is_rejected() {
+        let error = ServerConfig::from_toml("lisen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(error.to_string().contains("lisen"));
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let config = ServerConfig::from_toml(
+            "listen = \"0.0.0.0:9000\"\n[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n",
+        )
+        .unwrap();
+        let problems = config.problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+}

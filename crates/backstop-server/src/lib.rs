@@ -1,0 +1,170 @@
+//! The Backstop server: the public gRPC API over the catalog.
+//!
+//! [`serve`] opens the catalog, ends operations orphaned by an earlier
+//! process, binds the listener and serves until the shutdown future
+//! resolves, then drains calls in flight.
+
+mod auth;
+mod config;
+mod convert;
+mod error;
+mod layer;
+mod operations;
+mod services;
+mod validate;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use backstop_catalog::{Catalog, SqliteCatalog};
+use backstop_proto::{
+    backup::{
+        backup_service_server::BackupServiceServer, provider_service_server::ProviderServiceServer,
+        resource_service_server::ResourceServiceServer,
+    },
+    endpoint::api_endpoint_service_server::ApiEndpointServiceServer,
+    operation::operation_service_server::OperationServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+pub use auth::{AuthMode, Caller, TokenConfig};
+pub use config::{AuthConfig, ServerConfig, TlsConfig};
+pub use error::ApiError;
+pub use operations::{CancellationSignal, OperationRegistry};
+
+/// How long an idempotency key keeps returning its operation.
+const IDEMPOTENCY_KEY_LIFETIME: Duration = Duration::from_secs(48 * 3600);
+
+/// Runs the server until `shutdown` resolves.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let problems = config.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
+    }
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
+    let catalog: Arc<dyn Catalog> = Arc::new(
+        SqliteCatalog::open(&config.data_dir)
+            .await
+            .with_context(|| format!("cannot open the catalog in {}", config.data_dir.display()))?,
+    );
+    let operations = Arc::new(OperationRegistry::new(catalog.clone()));
+    let orphaned = operations
+        .end_orphaned()
+        .await
+        .context("cannot end orphaned operations")?;
+    if orphaned > 0 {
+        tracing::warn!(
+            count = orphaned,
+            "ended operations left running by a previous server process"
+        );
+    }
+    tokio::spawn(expire_idempotency_keys(catalog.clone()));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let advertised_address = config
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| address.to_string());
+
+    let auth_mode = config.auth_mode();
+    if auth_mode == AuthMode::Development {
+        tracing::warn!(
+            "development mode: calls without a known token are accepted as subject `development` on every folder; \
+             set auth.mode = \"tokens\" to require tokens"
+        );
+    }
+    let authenticator = Arc::new(auth::Authenticator::new(auth_mode, &config.auth.tokens));
+    let context = services::ApiContext {
+        catalog,
+        operations,
+        advertised_address: advertised_address.clone(),
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<BackupServiceServer<services::backup::BackupApi>>()
+        .await;
+    health
+        .set_serving::<ResourceServiceServer<services::resource::ResourceApi>>()
+        .await;
+    health
+        .set_serving::<ProviderServiceServer<services::provider::ProviderApi>>()
+        .await;
+    health
+        .set_serving::<OperationServiceServer<services::operation::OperationApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(backstop_proto::DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let cert = std::fs::read(&tls.cert)
+            .with_context(|| format!("cannot read {}", tls.cert.display()))?;
+        let key = std::fs::read(&tls.key)
+            .with_context(|| format!("cannot read {}", tls.key.display()))?;
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .context("invalid TLS certificate or key")?;
+    }
+    let router = builder
+        .layer(layer::ApiLayer::new(authenticator))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ApiEndpointServiceServer::new(
+            services::endpoint::EndpointApi(context.clone()),
+        ))
+        .add_service(OperationServiceServer::new(
+            services::operation::OperationApi(context.clone()),
+        ))
+        .add_service(BackupServiceServer::new(services::backup::BackupApi(
+            context.clone(),
+        )))
+        .add_service(ResourceServiceServer::new(services::resource::ResourceApi(
+            context.clone(),
+        )))
+        .add_service(ProviderServiceServer::new(services::provider::ProviderApi(
+            context,
+        )));
+
+    tracing::info!(
+        address = %address,
+        advertised_address = %advertised_address,
+        tls = config.tls.is_some(),
+        data_dir = %config.data_dir.display(),
+        "listening"
+    );
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("gRPC server failed")?;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Deletes idempotency keys past their lifetime, once an hour.
+async fn expire_idempotency_keys(catalog: Arc<dyn Catalog>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let before = time::OffsetDateTime::now_utc() - IDEMPOTENCY_KEY_LIFETIME;
+        match catalog.expire_idempotency_keys(before).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "expired idempotency keys"),
+            Err(error) => {
+                tracing::warn!(error = ?error, "expiring idempotency keys failed; will retry in an hour")
+            }
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The operation registry: the one way handlers and workers create, update,
+//! finish and cancel long-running operations.
+//!
+//! Handlers validate and authorize, then call [`OperationRegistry::create`]
+//! and return at once. Workers report progress with
+//! [`OperationRegistry::set_metadata`] and end with
+//! [`OperationRegistry::finish`]. `Get` and `Cancel` only read and flag:
+//! a worker registered for the operation is told through its
+//! [`CancellationSignal`]; an operation that no worker runs is ended
+//! `CANCELLED` at once.
+
+use std::{collections::HashMap, sync::Arc};
+
+use backstop_catalog::{
+    AnyMessage, Catalog, IdempotencyKey, NewOperation, Operation, OperationError, OperationResult,
+};
+use backstop_proto::{google::rpc, operation as pb};
+use prost::{Message, Name};
+use tokio::sync::watch;
+use tonic::Code;
+
+use crate::{auth::Caller, ApiError};
+
+/// Fires when the user cancels an operation.
+#[derive(Clone, Debug)]
+pub struct CancellationSignal(watch::Receiver<bool>);
+
+/// Creates and tracks long-running operations.
+pub struct OperationRegistry {
+    catalog: Arc<dyn Catalog>,
+    workers: std::sync::Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+/// What [`OperationRegistry::create`] needs besides the caller.
+pub struct OperationRequest<'a, M> {
+    /// Full gRPC method path, the scope of the idempotency key.
+    pub method: &'a str,
+    pub idempotency_key: Option<String>,
+    pub description: String,
+    pub metadata: &'a M,
+    pub resource_id: Option<String>,
+}
+
+impl CancellationSignal {
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until the operation is cancelled.
+    pub async fn cancelled(&mut self) {
+        // An error means the registry dropped the sender, which only happens
+        // when the operation ended; nothing is left to cancel then.
+        let _ = self.0.wait_for(|cancelled| *cancelled).await;
+    }
+}
+
+impl OperationRegistry {
+    pub fn new(catalog: Arc<dyn Catalog>) -> Self {
+        OperationRegistry {
+            catalog,
+            workers: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a new operation, or returns the caller's earlier operation for
+    /// the same method and idempotency key. The flag is true for a new one.
+    pub async fn create<M: Message + Name>(
+        &self,
+        caller: &Caller,
+        request: OperationRequest<'_, M>,
+    ) -> Result<(Operation, bool), ApiError> {
+        let idempotency = request.idempotency_key.map(|key| IdempotencyKey {
+            subject: caller.subject.clone(),
+            method: request.method.to_owned(),
+            key,
+        });
+        let created = self
+            .catalog
+            .create_operation(NewOperation {
+                description: request.description,
+                created_by: caller.subject.clone(),
+                metadata: pack(request.metadata),
+                resource_id: request.resource_id,
+                idempotency,
+            })
+            .await?;
+        if created.created {
+            tracing::info!(operation_id = %created.operation.id, method = request.method, "operation created");
+        } else {
+            tracing::info!(operation_id = %created.operation.id, "idempotency key matched an earlier operation");
+        }
+        Ok((created.operation, created.created))
+    }
+
+    /// Registers the worker of an operation and returns the signal it polls.
+    pub fn attach_worker(&self, operation_id: &str) -> CancellationSignal {
+        let (sender, receiver) = watch::channel(false);
+        self.lock_workers().insert(operation_id.to_owned(), sender);
+        CancellationSignal(receiver)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Operation, ApiError> {
+        Ok(self.catalog.get_operation(id).await?)
+    }
+
+    /// Replaces the metadata of a running operation.
+    pub async fn set_metadata<M: Message + Name>(
+        &self,
+        id: &str,
+        metadata: &M,
+    ) -> Result<Operation, ApiError> {
+        Ok(self
+            .catalog
+            .update_operation_metadata(id, pack(metadata))
+            .await?)
+    }
+
+    /// Ends an operation with a response or an error and releases its worker.
+    pub async fn finish(
+        &self,
+        id: &str,
+        result: Result<AnyMessage, (Code, String)>,
+    ) -> Result<Operation, ApiError> {
+        let result = match result {
+            Ok(response) => OperationResult::Response(response),
+            Err((code, message)) => {
+                // A code of 0 would read as success to the SDKs' waiters.
+                let code = if code == Code::Ok {
+                    Code::Unknown
+                } else {
+                    code
+                };
+                tracing::info!(operation_id = id, code = ?code, message = %message, "operation failed");
+                OperationResult::Error(OperationError {
+                    code: code as i32,
+                    message,
+                    details: Vec::new(),
+                })
+            }
+        };
+        let operation = self.catalog.finish_operation(id, result).await?;
+        self.lock_workers().remove(id);
+        Ok(operation)
+    }
+
+    /// Requests cancellation. Returns the operation as it stands afterwards;
+    /// a finished operation is returned unchanged.
+    pub async fn cancel(&self, id: &str) -> Result<Operation, ApiError> {
+        let operation = self.catalog.get_operation(id).await?;
+        if operation.done {
+            return Ok(operation);
+        }
+        let operation = self.catalog.request_cancel(id).await?;
+        let worker = self.lock_workers().get(id).cloned();
+        match worker {
+            Some(sender) => {
+                sender.send_replace(true);
+                tracing::info!(operation_id = id, "cancellation sent to the worker");
+                Ok(operation)
+            }
+            None => {
+                self.finish(
+                    id,
+                    Err((
+                        Code::Cancelled,
+                        "operation cancelled by the user".to_owned(),
+                    )),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Ends operations that were running when the server last stopped and
+    /// that no worker has picked up again.
+    pub async fn end_orphaned(&self) -> Result<usize, ApiError> {
+        let unfinished = self.catalog.list_unfinished_operations().await?;
+        let mut ended = 0;
+        for operation in unfinished {
+            if self.lock_workers().contains_key(&operation.id) {
+                continue;
+            }
+            tracing::warn!(operation_id = %operation.id, "ending an operation left running by a previous server process");
+            self.finish(
+                &operation.id,
+                Err((
+                    Code::Aborted,
+                    "the server restarted while this operation ran; start it again".to_owned(),
+                )),
+            )
+            .await?;
+            ended += 1;
+        }
+        Ok(ended)
+    }
+
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Packs a message as `google.protobuf.Any` with a `type.googleapis.com/`
+/// type URL.
+pub fn pack<M: Message + Name>(message: &M) -> AnyMessage {
+    AnyMessage {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// Returns `google.protobuf.Empty` packed as the response of an operation
+/// whose method returns nothing.
+pub fn empty_response() -> AnyMessage {
+    AnyMessage {
+        type_url: "type.googleapis.com/google.protobuf.Empty".to_owned(),
+        value: Vec::new(),
+    }
+}
+
+/// Converts a catalog operation into its public form.
+pub fn to_proto(operation: &Operation) -> pb::Operation {
+    let result = operation.result.as_ref().map(|result| match result {
+        OperationResult::Error(error) => pb::operation::Result::Error(rpc::Status {
+            code: error.code,
+            message: error.message.clone(),
+            details: error.details.iter().map(to_any).collect(),
+        }),
+        OperationResult::Response(response) => pb::operation::Result::Response(to_any(response)),
+    });
+    pb::Operation {
+        id: operation.id.clone(),
+        description: operation.description.clone(),
+        created_at: Some(crate::convert::timestamp(operation.created_at)),
+        created_by: operation.created_by.clone(),
+        modified_at: Some(crate::convert::timestamp(operation.modified_at)),
+        done: operation.done,
+        metadata: Some(to_any(&operation.metadata)),
+        result,
+    }
+}
+
+fn to_any(message: &AnyMessage) -> prost_types::Any {
+    prost_types::Any {
+        type_url: message.type_url.clone(),
+        value: message.value.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backstop_catalog::SqliteCatalog;
+    use backstop_proto::backup::StartRecoveryMetadata;
+
+    use super::*;
+
+    async fn registry() -> OperationRegistry {
+        OperationRegistry::new(Arc::new(SqliteCatalog::in_memory().await.unwrap()))
+    }
+
+    fn metadata() -> StartRecoveryMetadata {
+        StartRecoveryMetadata {
+            progress_percentage: 0.0,
+            src_backup_id: "backup".into(),
+            dst_compute_instance_id: "instance".into(),
+        }
+    }
+
+    fn request<'a>(
+        metadata: &'a StartRecoveryMetadata,
+        key: Option<&str>,
+    ) -> OperationRequest<'a, StartRecoveryMetadata> {
+        OperationRequest {
+            method: "/yandex.cloud.backup.v1.BackupService/StartRecovery",
+            idempotency_key: key.map(str::to_owned),
+            description: "Start recovery".into(),
+            metadata,
+            resource_id: Some("instance".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn metadata_type_url_names_the_message() {
+        let registry = registry().await;
+        let metadata = metadata();
+        let (operation, _) = registry
+            .create(&Caller::development(), request(&metadata, None))
+            .await
+            .unwrap();
+        let public = to_proto(&operation);
+        assert_eq!(
+            public.metadata.unwrap().type_url,
+            "type.googleapis.com/yandex.cloud.backup.v1.StartRecoveryMetadata"
+        );
+        assert!(!public.done);
+        assert!(public.result.is_none());
+    }
+
+    #[tokio::test]
+    async fn same_idempotency_key_returns_first_operation() {
+        let registry = registry().await;
+        let metadata = metadata();
+        let (first, created) = registry
+            .create(&Caller::development(), request(&metadata, Some("k1")))
+            .await
+            .unwrap();
+        assert!(created);
+        let (second, created) = registry
+            .create(&Caller::development(), request(&metadata, Some("k1")))
+            .await
+            .unwrap();
+        assert!(!created);
+        assert_eq!(first.id, second.id);
+        let (third, _) = registry
+            .create(&Caller::development(), request(&metadata, Some("k2")))
+            .await
+            .unwrap();
+        assert_ne!(first.id, third.id);
+    }
+
+    #[tokio::test]
+    async fn cancel_without_worker_ends_cancelled() {
+        let registry = registry().await;
+        let metadata = metadata();
+        let (operation, _) = registry
+            .create(&Caller::development(), request(&metadata, None))
+            .await
+            .unwrap();
+        let cancelled = registry.cancel(&operation.id).await.unwrap();
+        assert!(cancelled.done);
+        match cancelled.result {
+            Some(OperationResult::Error(error)) => assert_eq!(error.code, Code::Cancelled as i32),
+            other => panic!("expected an error result, got {other:?}"),
+        }
+        assert!(cancelled.modified_at > operation.modified_at);
+    }
+
+    #[tokio::test]
+    async fn cancel_with_worker_signals_it() {
+        let registry = registry().await;
+        let metadata = metadata();
+        let (operation, _) = registry
+            .create(&Caller::development(), request(&metadata, None))
+            .await
+            .unwrap();
+        let mut signal = registry.attach_worker(&operation.id);
+        let flagged = registry.cancel(&operation.id).await.unwrap();
+        assert!(!flagged.done);
+        assert!(flagged.cancel_requested);
+        signal.cancelled().await;
+        assert!(signal.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn error_code_zero_is_never_stored() {
+        let registry = registry().await;
+        let metadata = metadata();
+        let (operation, _) = registry
+            .create(&Caller::development(), request(&metadata, None))
+            .await
+            .unwrap();
+        let finished = registry
+            .finish(&operation.id, Err((Code::Ok, "odd".into())))
+            .await
+            .unwrap();
+        match finished.result {
+            Some(OperationResult::Error(error)) => assert_ne!(error.code, 0),
+            other => panic!("expected an error result, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `yandex.cloud.backup.v1.ResourceService`: the instances agents serve.
+
+use backstop_catalog::{ResourceQuery, ResourceType};
+use backstop_proto::{
+    backup::{
+        resource_service_server::ResourceService, CreateDirectoryRequest, DeleteResourceRequest,
+        GetInstanceRegistrationTokenRequest, GetInstanceRegistrationTokenResponse,
+        GetResourceRequest, GetResourceResponse, ListDirectoryRequest, ListDirectoryResponse,
+        ListResourceOperationsRequest, ListResourceOperationsResponse, ListResourcesRequest,
+        ListResourcesResponse, ListTasksRequest, ListTasksResponse,
+    },
+    operation::Operation,
+};
+use tonic::{Request, Response, Status};
+
+use super::{caller, page_request, ApiContext};
+use crate::{convert, validate::validate_request, ApiError};
+
+pub struct ResourceApi(pub ApiContext);
+
+#[tonic::async_trait]
+impl ResourceService for ResourceApi {
+    #[tracing::instrument(skip_all, fields(folder_id = %request.get_ref().folder_id))]
+    async fn list(
+        &self,
+        request: Request<ListResourcesRequest>,
+    ) -> Result<Response<ListResourcesResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        validate_request(&request)?;
+        caller.check_folder(&request.folder_id)?;
+        let resource_type = match request.r#type {
+            0 => None,
+            n => Some(ResourceType::from_i32(n).ok_or_else(|| {
+                ApiError::invalid_field("type", format!("unknown resource type {n}"))
+            })?),
+        };
+        let page = self
+            .0
+            .catalog
+            .list_resources(&ResourceQuery {
+                folder_id: request.folder_id,
+                resource_type,
+                page: page_request(request.page_size, &request.page_token),
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ListResourcesResponse {
+            resources: page.items.iter().map(convert::resource).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(compute_instance_id = %request.get_ref().compute_instance_id))]
+    async fn get(
+        &self,
+        request: Request<GetResourceRequest>,
+    ) -> Result<Response<GetResourceResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        validate_request(&request)?;
+        let resource = self
+            .0
+            .catalog
+            .get_resource(&request.compute_instance_id)
+            .await
+            .map_err(ApiError::from)?;
+        caller.check_folder(&resource.folder_id)?;
+        let mut resource = convert::resource(&resource);
+        if !request.include_tenant_info {
+            resource.tenant_info = None;
+        }
+        Ok(Response::new(GetResourceResponse {
+            resource: Some(resource),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        _request: Request<DeleteResourceRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        Err(ApiError::Unimplemented("ResourceService.Delete is not implemented yet".into()).into())
+    }
+
+    async fn list_tasks(
+        &self,
+        _request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        Err(ApiError::Unimplemented("ListTasks is not implemented yet".into()).into())
+    }
+
+    async fn list_directory(
+        &self,
+        _request: Request<ListDirectoryRequest>,
+    ) -> Result<Response<ListDirectoryResponse>, Status> {
+        Err(ApiError::Unimplemented("ListDirectory is not implemented yet".into()).into())
+    }
+
+    async fn create_directory(
+        &self,
+        _request: Request<CreateDirectoryRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        Err(ApiError::Unimplemented("CreateDirectory is not implemented yet".into()).into())
+    }
+
+    async fn list_operations(
+        &self,
+        _request: Request<ListResourceOperationsRequest>,
+    ) -> Result<Response<ListResourceOperationsResponse>, Status> {
+        Err(ApiError::Unimplemented("ListOperations is not implemented yet".into()).into())
+    }
+
+    async fn get_instance_registration_token(
+        &self,
+        _request: Request<GetInstanceRegistrationTokenRequest>,
+    ) -> Result<Response<GetInstanceRegistrationTokenResponse>, Status> {
+        Err(
+            ApiError::Unimplemented("GetInstanceRegistrationToken is not implemented yet".into())
+                .into(),
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! The `backstop` command: `backstop server` runs the control plane; client
+//! and agent commands join it as they are built.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use backstop_server::{AuthMode, ServerConfig, TlsConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "backstop",
+    version,
+    about = "Backup and recovery service speaking the Yandex Cloud Backup API"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "BACKSTOP_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server with its catalog under the data folder.
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "BACKSTOP_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:9000].
+    #[arg(long, env = "BACKSTOP_LISTEN")]
+    listen: Option<SocketAddr>,
+
+    /// Folder for the catalog and repository [default: ./backstop-data].
+    #[arg(long, env = "BACKSTOP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// host:port that endpoint discovery hands to clients [default: the listen address].
+    #[arg(long, env = "BACKSTOP_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
+
+    /// PEM certificate chain; serves TLS together with --tls-key.
+    #[arg(long, env = "BACKSTOP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BACKSTOP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Authentication mode [default: development on loopback, tokens elsewhere].
+    #[arg(long, env = "BACKSTOP_AUTH_MODE", value_enum)]
+    auth_mode: Option<AuthModeArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuthModeArg {
+    Tokens,
+    Development,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Server(args) => runtime.block_on(run_server(args)),
+    }
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = server_config(args)?;
+    backstop_server::serve(config, shutdown_signal()).await
+}
+
+/// Builds the configuration: defaults, then the file, then flags and
+/// environment variables.
+fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+            ServerConfig::from_toml(&text)
+                .with_context(|| format!("invalid configuration file {}", path.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(address) = args.advertise_address {
+        config.advertise_address = Some(address);
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsConfig { cert, key });
+    }
+    if let Some(mode) = args.auth_mode {
+        config.auth.mode = Some(match mode {
+            AuthModeArg::Tokens => AuthMode::Tokens,
+            AuthModeArg::Development => AuthMode::Development,
+        });
+    }
+    Ok(config)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,sqlx=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received, draining calls"),
+        _ = terminate => tracing::info!("SIGTERM received, draining calls"),
+    }
+}
