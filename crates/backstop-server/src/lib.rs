@@ -37,6 +37,9 @@ pub use operations::{CancellationSignal, OperationRegistry};
 /// How long an idempotency key keeps returning its operation.
 const IDEMPOTENCY_KEY_LIFETIME: Duration = Duration::from_secs(48 * 3600);
 
+/// How long calls in flight may run on after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs the server until `shutdown` resolves.
 pub async fn serve(
     config: ServerConfig,
@@ -145,10 +148,25 @@ pub async fn serve(
         data_dir = %config.data_dir.display(),
         "listening"
     );
-    router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .context("gRPC server failed")?;
+    // Calls in flight get DRAIN_TIMEOUT to finish after the shutdown signal;
+    // a client that keeps its connection open must not hold the server.
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = signalled_tx.send(());
+    };
+    let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => result.context("gRPC server failed")?,
+        _ = async {
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "connections still open after the drain timeout; stopping anyway"),
+    }
     tracing::info!("server stopped");
     Ok(())
 }
