@@ -33,7 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
     let descriptor_set = compiler.file_descriptor_set();
-    fs::write(out_dir.join("wire_dispatch.rs"), wire_dispatch(&descriptor_set))?;
+    fs::write(
+        out_dir.join("wire_dispatch.rs"),
+        wire_dispatch(&descriptor_set),
+    )?;
 
     tonic_prost_build::configure()
         .build_server(true)
@@ -78,7 +81,12 @@ fn wire_dispatch(descriptor_set: &prost_types::FileDescriptorSet) -> String {
     )
 }
 
-fn dispatch_arms(arms: &mut String, name_prefix: &str, rust_prefix: &str, message: &prost_types::DescriptorProto) {
+fn dispatch_arms(
+    arms: &mut String,
+    name_prefix: &str,
+    rust_prefix: &str,
+    message: &prost_types::DescriptorProto,
+) {
     if message.options.as_ref().is_some_and(|o| o.map_entry()) {
         return;
     }

@@ -18,6 +18,7 @@ mod error;
 mod ids;
 pub mod model;
 mod sqlite;
+pub mod suite;
 
 use async_trait::async_trait;
 

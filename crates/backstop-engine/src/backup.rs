@@ -39,7 +39,7 @@ pub struct BackupOptions {
     pub chunk_size: u32,
     /// Maximum number of chunk buffers alive at once. Peak memory is about
     /// `(max_chunks_in_flight + 2 * parallelism) * chunk_size`, because each
-    /// running upload also holds a copy and the compressed form. Default 16.
+    /// running upload also keeps a copy and the compressed form. Default 16.
     pub max_chunks_in_flight: usize,
     /// Number of chunks read and hashed at once, and also the number
     /// uploaded at once. Default 4.
@@ -159,8 +159,15 @@ pub async fn backup_disk(
             reason: "the disk name is empty".to_owned(),
         });
     }
-    let disk = Arc::new(DiskFile::open_source(source)?);
-    let size = disk.size()?;
+    let (disk, size) = {
+        let source = source.to_owned();
+        run_blocking("open the source disk", move || {
+            let disk = DiskFile::open_source(&source)?;
+            let size = disk.size()?;
+            Ok((Arc::new(disk), size))
+        })
+        .await?
+    };
     let mut manifest = DiskManifest::new(disk_name, size, options.chunk_size);
     let chunk_count =
         usize::try_from(manifest.expected_entry_count()).map_err(|_| Error::InvalidOptions {
@@ -347,11 +354,11 @@ impl Pipeline<'_> {
                 self.disk_name,
                 self.session.repository().location()
             ),
-            source,
+            source: Box::new(source),
         }
     }
 
-    /// Records holes, pins unchanged chunks, asks which of the others the
+    /// Records holes, pins unchanged chunks, queries which of the others the
     /// repository lacks and uploads those.
     async fn store_batch(&self, batch: Vec<Result<ReadChunk>>) -> Result<BatchOutcome> {
         let mut outcome = BatchOutcome::default();

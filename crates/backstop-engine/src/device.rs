@@ -61,8 +61,12 @@ impl DiskFile {
     /// file when nothing exists at `path`.
     ///
     /// A block device is opened with `O_EXCL`, which Linux rejects with
-    /// `EBUSY` while the device is mounted or otherwise claimed, so a
-    /// restore cannot overwrite a file system in use.
+    /// `EBUSY` while the device is mounted or otherwise claimed (open(2)),
+    /// so a restore cannot overwrite a file system in use.
+    ///
+    /// NOTE: the block device paths (`O_EXCL`, size by `SEEK_END`, zeros in
+    /// place of holes) are not covered by the tests, which run without a
+    /// block device.
     pub(crate) fn open_target(path: &Path) -> Result<OpenedTarget> {
         let existing = match std::fs::metadata(path) {
             Ok(metadata) => Some(metadata),

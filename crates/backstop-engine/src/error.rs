@@ -22,7 +22,8 @@ pub enum Error {
     #[error("failed to {action} {path}: {source}")]
     Io {
         path: PathBuf,
-        /// What was being done, for example "read 4194304 bytes at offset 0 of".
+        /// Failed action, completed by the path in the message, for example
+        /// "read 4194304 bytes at offset 0 of".
         action: String,
         #[source]
         source: io::Error,
@@ -32,14 +33,15 @@ pub enum Error {
     /// fails its checks. Nothing of that range was written to the target.
     #[error(
         "cannot restore disk `{disk}` at byte offset {offset}: chunk {digest} is missing or corrupt in the repository ({source}); \
-         nothing from this chunk was written, so the target holds a partial restore; restore from another backup or repair the repository"
+         nothing from this chunk was written, so the target contains a partial restore; restore from another backup or repair the repository"
     )]
     DataLoss {
         disk: String,
         offset: u64,
         digest: ChunkDigest,
+        /// Boxed because the repository's error type is large.
         #[source]
-        source: backstop_chunkstore::Error,
+        source: Box<backstop_chunkstore::Error>,
     },
 
     /// A block device target is smaller than the disk in the backup. Block
@@ -74,7 +76,7 @@ pub enum Error {
     Repository {
         action: String,
         #[source]
-        source: backstop_chunkstore::Error,
+        source: Box<backstop_chunkstore::Error>,
     },
 
     /// After the final sync, the target does not read back what was

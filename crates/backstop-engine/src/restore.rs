@@ -1,5 +1,5 @@
 //! Disk restore: [`restore_disk`] writes a [`DiskManifest`] onto a raw image
-//! file or block device, skipping every range that already holds the
+//! file or block device, skipping every range that already contains the
 //! backed-up data.
 //!
 //! Each chunk range goes through one task: read the target range and hash
@@ -35,14 +35,14 @@ pub struct RestoreOptions {
     /// [`RestoreStats::target_size_bytes`] reports it.
     pub truncate: bool,
     /// Reads each target range before writing and skips the write when the
-    /// range already holds the chunk. Default true. Turning it off saves the
+    /// range already contains the chunk. Default true. Turning it off saves the
     /// reads when the target is known to differ everywhere.
     pub differential: bool,
     /// Re-reads the restored ranges after the final sync and checks them
     /// against the manifest. Default false.
     pub verify: bool,
     /// Maximum number of chunk ranges handled at once. Peak memory is about
-    /// `2 * max_chunks_in_flight * chunk_size`, because a range holds the
+    /// `2 * max_chunks_in_flight * chunk_size`, because a range keeps the
     /// stored and the decoded chunk while it decodes. Default 8.
     pub max_chunks_in_flight: usize,
 }
@@ -112,8 +112,9 @@ pub fn check_target_size(
 /// Every chunk is verified against its digest before it is written, so a
 /// missing or damaged chunk fails with [`Error::DataLoss`] and its range is
 /// left untouched. Ranges before it may already be written. The target is
-/// synced once, after the last write, and the function returns only after
-/// that sync, also when it fails or is cancelled.
+/// synced once, after the last write. Once the target is open, the function
+/// returns only after that sync, also when a range fails or the restore is
+/// cancelled.
 ///
 /// Returns [`Error::Cancelled`] when `cancel` fires before the last range
 /// was started.
@@ -143,13 +144,14 @@ pub async fn restore_disk(
     let start_index = options.resume_offset / chunk_size;
     let start = start_index * chunk_size;
 
-    let target_path = target.to_owned();
     let (target, target_size_bytes) = {
-        let disk = disk.clone();
+        let target_path = target.to_owned();
+        let disk_name = disk.name.clone();
+        let disk_size = disk.size_bytes;
         let truncate = options.truncate;
         run_blocking("open the restore target", move || {
             let opened = DiskFile::open_target(&target_path)?;
-            let size = prepare_target(&opened, &disk, truncate)?;
+            let size = prepare_target(&opened, &disk_name, disk_size, truncate)?;
             Ok((Arc::new(opened.disk), size))
         })
         .await?
@@ -257,7 +259,7 @@ pub async fn restore_disk(
     Ok(stats)
 }
 
-/// What happened to one chunk range.
+/// Action taken on one chunk range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RangeOutcome {
     /// The target already held the chunk.
@@ -326,7 +328,7 @@ impl RangeWriter<'_> {
     }
 
     async fn restore_chunk(&self, extent: Extent, digest: ChunkDigest) -> Result<RangeOutcome> {
-        if self.differential && self.target_holds(extent, digest).await? {
+        if self.differential && self.target_contains(extent, digest).await? {
             return Ok(RangeOutcome::Identical);
         }
 
@@ -338,7 +340,7 @@ impl RangeWriter<'_> {
                     disk: self.disk_name.to_owned(),
                     offset: extent.offset,
                     digest,
-                    source,
+                    source: Box::new(source),
                 }
             } else {
                 Error::Repository {
@@ -346,7 +348,7 @@ impl RangeWriter<'_> {
                         "read chunk {digest} for disk `{}` at offset {}",
                         self.disk_name, extent.offset
                     ),
-                    source,
+                    source: Box::new(source),
                 }
             }
         })?;
@@ -370,8 +372,8 @@ impl RangeWriter<'_> {
         .await
     }
 
-    /// Returns true when the target range already holds the chunk.
-    async fn target_holds(&self, extent: Extent, digest: ChunkDigest) -> Result<bool> {
+    /// Returns true when the target range already contains the chunk.
+    async fn target_contains(&self, extent: Extent, digest: ChunkDigest) -> Result<bool> {
         let target = Arc::clone(&self.target);
         let hasher = self.hasher.clone();
         run_blocking("compare a target range", move || {
@@ -387,31 +389,37 @@ impl RangeWriter<'_> {
     }
 }
 
-/// Sizes the target for `disk` and returns its size in bytes afterwards.
-fn prepare_target(opened: &OpenedTarget, disk: &DiskManifest, truncate: bool) -> Result<u64> {
+/// Sizes the target for a disk of `disk_size` bytes and returns the
+/// target's size in bytes afterwards.
+fn prepare_target(
+    opened: &OpenedTarget,
+    disk_name: &str,
+    disk_size: u64,
+    truncate: bool,
+) -> Result<u64> {
     let target = &opened.disk;
     let current = target.size()?;
     match target.kind {
         TargetKind::BlockDevice => {
-            check_target_size(&disk.name, &target.path, disk.size_bytes, current)?;
+            check_target_size(disk_name, &target.path, disk_size, current)?;
             Ok(current)
         }
         TargetKind::File => {
-            if current < disk.size_bytes || (truncate && current > disk.size_bytes) {
-                target.set_len(disk.size_bytes)?;
-                return Ok(disk.size_bytes);
+            if !opened.existed {
+                tracing::debug!(target = %target.path.display(), "created restore target file");
             }
-            if current > disk.size_bytes {
+            if current < disk_size || (truncate && current > disk_size) {
+                target.set_len(disk_size)?;
+                return Ok(disk_size);
+            }
+            if current > disk_size {
                 tracing::warn!(
                     target = %target.path.display(),
                     target_size = current,
-                    disk = %disk.name,
-                    disk_size = disk.size_bytes,
+                    disk = disk_name,
+                    disk_size,
                     "restore target file is larger than the disk; keeping the bytes past the disk's end"
                 );
-            }
-            if !opened.existed {
-                tracing::debug!(target = %target.path.display(), "created restore target file");
             }
             Ok(current)
         }

@@ -10,7 +10,7 @@ use crate::device::DiskFile;
 use crate::error::{run_blocking, Error, Result};
 use crate::progress::{CancellationToken, Phase, Progress, ProgressSink};
 
-/// What a verification reads and how.
+/// Target, manifest and settings of one verification.
 pub(crate) struct VerifyRequest<'a> {
     pub(crate) target: &'a Arc<DiskFile>,
     pub(crate) disk: &'a DiskManifest,
@@ -86,7 +86,8 @@ pub(crate) async fn verify_target(
     Ok(processed - start)
 }
 
-/// Returns the range offset and whether the target holds the entry's data.
+/// Returns the range offset and whether the target contains the entry's
+/// data.
 async fn check_range(
     target: Arc<DiskFile>,
     hasher: ChunkHasher,

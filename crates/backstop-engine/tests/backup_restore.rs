@@ -456,7 +456,7 @@ async fn larger_file_target_is_kept_unless_truncated() {
     let target = dir.path().join("target.raw");
     std::fs::write(&target, vec![0x11u8; 6 * MIB as usize]).unwrap();
 
-    let kept = restore(
+    let untruncated = restore(
         &repository,
         &backup.manifest,
         &target,
@@ -464,7 +464,7 @@ async fn larger_file_target_is_kept_unless_truncated() {
     )
     .await;
 
-    assert_eq!(kept.target_size_bytes, 6 * MIB);
+    assert_eq!(untruncated.target_size_bytes, 6 * MIB);
     let bytes = std::fs::read(&target).unwrap();
     assert_eq!(bytes.len() as u64, 6 * MIB);
     assert_eq!(

@@ -121,16 +121,21 @@ mod sdk_wire_tests {
             "generating vectors with the Python SDK failed (is `yandexcloud` installed?):\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let vectors: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("vectors JSON");
+        let vectors: Vec<serde_json::Value> =
+            serde_json::from_slice(&output.stdout).expect("vectors JSON");
         assert!(vectors.len() > 100, "only {} vectors", vectors.len());
 
         let mut results = Vec::new();
         for vector in &vectors {
             let name = vector["message"].as_str().unwrap();
-            let encoded = STANDARD.decode(vector["encoded"].as_str().unwrap()).unwrap();
+            let encoded = STANDARD
+                .decode(vector["encoded"].as_str().unwrap())
+                .unwrap();
             let reencoded = reencode(name, &encoded)
                 .unwrap_or_else(|| panic!("no generated Rust type for {name}"))
-                .unwrap_or_else(|e| panic!("{name}: generated type cannot decode the SDK's bytes: {e}"));
+                .unwrap_or_else(|e| {
+                    panic!("{name}: generated type cannot decode the SDK's bytes: {e}")
+                });
             results.push(serde_json::json!({
                 "message": name,
                 "encoded": vector["encoded"],

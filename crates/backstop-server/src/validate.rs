@@ -506,6 +506,40 @@ mod tests {
     }
 
     #[test]
+    fn empty_list_fails_size_rule() {
+        let request = backstop_proto::backup::StartFilesRecoveryRequest {
+            compute_instance_id: "instance".into(),
+            backup_id: "backup".into(),
+            opts: Some(backstop_proto::backup::FilesRecoveryOptions {
+                r#type: Some(
+                    backstop_proto::backup::files_recovery_options::Type::Original(
+                        backstop_proto::backup::TargetPathOriginal::default(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+            source_ids: Vec::new(),
+        };
+        let error = validate_request(&request).unwrap_err();
+        assert_eq!(
+            message_of(error),
+            "Request validation error: SourceIds: number of elements must be > 0, got 0"
+        );
+    }
+
+    #[test]
+    fn pattern_must_match_whole_value() {
+        let pool = backstop_proto::descriptor_pool();
+        let mut rules =
+            DynamicMessage::new(pool.get_message_by_name("yandex.cloud.MapKeySpec").unwrap());
+        rules.set_field_by_name("pattern", Value::String("[a-z][-a-z0-9]*".into()));
+        assert!(check_string_rules("my-policy", &rules, "name").is_ok());
+        let error = check_string_rules("my policy!", &rules, "name").unwrap_err();
+        assert!(message_of(error)
+            .starts_with("Request validation error: Name: value \"my policy!\" must match"));
+    }
+
+    #[test]
     fn range_forms_parse() {
         assert!(Range::parse("1-63").unwrap().contains(63.0));
         assert!(!Range::parse("1-63").unwrap().contains(0.0));

@@ -4,20 +4,22 @@
 mod common;
 
 use backstop_catalog::{
-    AnyMessage, Archive, Backup, BackupType, Catalog, Disk, InitStatus, NewOperation, Resource, ResourceStatus,
-    ResourceType, Volume,
+    AnyMessage, Archive, Backup, BackupType, Catalog, Disk, InitStatus, NewOperation, Resource,
+    ResourceStatus, ResourceType, Volume,
 };
 use backstop_proto::{
     backup::{
         backup_service_client::BackupServiceClient, list_archives_request, list_backups_request,
-        provider_service_client::ProviderServiceClient, resource_service_client::ResourceServiceClient,
-        ActivateProviderMetadata, ActivateProviderRequest, GetBackupRequest, GetResourceRequest, ListArchivesRequest,
-        ListActivatedProvidersRequest, ListBackupsRequest, ListResourcesRequest,
+        provider_service_client::ProviderServiceClient,
+        resource_service_client::ResourceServiceClient, ActivateProviderMetadata,
+        ActivateProviderRequest, GetBackupRequest, GetResourceRequest,
+        ListActivatedProvidersRequest, ListArchivesRequest, ListBackupsRequest,
+        ListResourcesRequest,
     },
     endpoint::{api_endpoint_service_client::ApiEndpointServiceClient, ListApiEndpointsRequest},
     operation::{
-        operation, operation_service_client::OperationServiceClient, CancelOperationRequest, GetOperationRequest,
-        Operation,
+        operation, operation_service_client::OperationServiceClient, CancelOperationRequest,
+        GetOperationRequest, Operation,
     },
 };
 use common::{open_catalog, with_metadata, ServerOptions, TestServer};
@@ -37,7 +39,11 @@ fn activate(folder: &str) -> ActivateProviderRequest {
 
 fn assert_api_id(id: &str) {
     assert_eq!(id.len(), 20, "id {id:?}");
-    assert!(id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "id {id:?}");
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "id {id:?}"
+    );
 }
 
 #[tokio::test]
@@ -50,14 +56,18 @@ async fn health_reports_serving() {
         })
         .await
         .unwrap();
-    assert_eq!(response.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        response.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 #[tokio::test]
 async fn reflection_lists_public_services() {
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse, ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
     };
     let server = TestServer::start();
     let mut client = ServerReflectionClient::new(server.channel().await);
@@ -80,7 +90,10 @@ async fn reflection_lists_public_services() {
         "yandex.cloud.operation.OperationService",
         "yandex.cloud.endpoint.ApiEndpointService",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
     }
 }
 
@@ -96,9 +109,27 @@ async fn responses_carry_request_and_trace_ids() {
         })
         .await
         .unwrap();
-    let request_id = ok.metadata().get("x-request-id").expect("x-request-id").to_str().unwrap().to_owned();
-    assert_eq!(ok.metadata().get("x-server-request-id").unwrap().to_str().unwrap(), request_id);
-    let trace_id = ok.metadata().get("x-server-trace-id").expect("x-server-trace-id").to_str().unwrap();
+    let request_id = ok
+        .metadata()
+        .get("x-request-id")
+        .expect("x-request-id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        ok.metadata()
+            .get("x-server-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        request_id
+    );
+    let trace_id = ok
+        .metadata()
+        .get("x-server-trace-id")
+        .expect("x-server-trace-id")
+        .to_str()
+        .unwrap();
     assert_eq!(trace_id.split(':').count(), 4, "trace id {trace_id}");
 
     let error = providers
@@ -135,9 +166,15 @@ async fn invalid_request_names_the_field() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
-    assert_eq!(error.message(), "Request validation error: FolderId: required");
+    assert_eq!(
+        error.message(),
+        "Request validation error: FolderId: required"
+    );
     let details = error.get_error_details();
-    let violation = &details.bad_request().expect("BadRequest detail").field_violations[0];
+    let violation = &details
+        .bad_request()
+        .expect("BadRequest detail")
+        .field_violations[0];
     assert_eq!(violation.field, "folder_id");
 
     let error = backups
@@ -149,11 +186,23 @@ async fn invalid_request_names_the_field() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
-    assert_eq!(error.message(), "Request validation error: PageSize: value must be <= 1000, got 1001");
+    assert_eq!(
+        error.message(),
+        "Request validation error: PageSize: value must be <= 1000, got 1001"
+    );
 
-    let error = backups.list(ListBackupsRequest::default()).await.unwrap_err();
+    let error = backups
+        .list(ListBackupsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
-    assert!(error.message().starts_with("Request validation error: Id: exactly one of"), "{}", error.message());
+    assert!(
+        error
+            .message()
+            .starts_with("Request validation error: Id: exactly one of"),
+        "{}",
+        error.message()
+    );
 }
 
 #[tokio::test]
@@ -161,16 +210,27 @@ async fn invalid_request_creates_no_operation() {
     let server = TestServer::start();
     let mut providers = ProviderServiceClient::new(server.channel().await);
     let error = providers
-        .activate(with_metadata(activate(&"f".repeat(51)), None, &[("idempotency-key", "k-invalid")]))
+        .activate(with_metadata(
+            activate(&"f".repeat(51)),
+            None,
+            &[("idempotency-key", "k-invalid")],
+        ))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
-    assert_eq!(error.message(), "Request validation error: FolderId: length must be <= 50 characters, got 51");
+    assert_eq!(
+        error.message(),
+        "Request validation error: FolderId: length must be <= 50 characters, got 51"
+    );
 
     // The same key on a valid request starts a fresh operation, so the
     // rejected call recorded nothing under it.
     let operation = providers
-        .activate(with_metadata(activate("folder-a"), None, &[("idempotency-key", "k-invalid")]))
+        .activate(with_metadata(
+            activate("folder-a"),
+            None,
+            &[("idempotency-key", "k-invalid")],
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -193,20 +253,35 @@ async fn operation_get_and_cancel_follow_the_contract() {
     let mut providers = ProviderServiceClient::new(channel.clone());
     let mut operations = OperationServiceClient::new(channel);
 
-    let started = providers.activate(activate("folder-a")).await.unwrap().into_inner();
+    let started = providers
+        .activate(activate("folder-a"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_api_id(&started.id);
     assert_eq!(started.created_by, "development");
     assert!(started.done);
     let metadata = started.metadata.clone().expect("metadata");
-    assert_eq!(metadata.type_url, "type.googleapis.com/yandex.cloud.backup.v1.ActivateProviderMetadata");
-    assert_eq!(ActivateProviderMetadata::decode(metadata.value.as_slice()).unwrap().folder_id, "folder-a");
+    assert_eq!(
+        metadata.type_url,
+        "type.googleapis.com/yandex.cloud.backup.v1.ActivateProviderMetadata"
+    );
+    assert_eq!(
+        ActivateProviderMetadata::decode(metadata.value.as_slice())
+            .unwrap()
+            .folder_id,
+        "folder-a"
+    );
     match &started.result {
         Some(operation::Result::Response(any)) => {
             assert_eq!(any.type_url, "type.googleapis.com/google.protobuf.Empty")
         }
         other => panic!("expected a response, got {other:?}"),
     }
-    assert!(started.modified_at.as_ref().unwrap().seconds >= started.created_at.as_ref().unwrap().seconds);
+    assert!(
+        started.modified_at.as_ref().unwrap().seconds
+            >= started.created_at.as_ref().unwrap().seconds
+    );
 
     // The SDKs send an idempotency key on reads too; it must be ignored.
     let fetched = operations
@@ -229,7 +304,10 @@ async fn operation_get_and_cancel_follow_the_contract() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(cancelled, started, "cancelling a finished operation changes nothing");
+    assert_eq!(
+        cancelled, started,
+        "cancelling a finished operation changes nothing"
+    );
 
     let missing = operations
         .get(GetOperationRequest {
@@ -238,8 +316,14 @@ async fn operation_get_and_cancel_follow_the_contract() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    let empty = operations.get(GetOperationRequest::default()).await.unwrap_err();
-    assert_eq!(empty.message(), "Request validation error: OperationId: required");
+    let empty = operations
+        .get(GetOperationRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        empty.message(),
+        "Request validation error: OperationId: required"
+    );
 }
 
 #[tokio::test]
@@ -251,7 +335,8 @@ async fn cancel_ends_unfinished_operation_cancelled() {
             description: "Long work".into(),
             created_by: "development".into(),
             metadata: AnyMessage {
-                type_url: "type.googleapis.com/yandex.cloud.backup.v1.ActivateProviderMetadata".into(),
+                type_url: "type.googleapis.com/yandex.cloud.backup.v1.ActivateProviderMetadata"
+                    .into(),
                 value: Vec::new(),
             },
             resource_id: None,
@@ -283,12 +368,29 @@ async fn cancel_ends_unfinished_operation_cancelled() {
 async fn idempotency_key_returns_first_operation() {
     let server = TestServer::start();
     let mut providers = ProviderServiceClient::new(server.channel().await);
-    let call = |key: &'static str| with_metadata(activate("folder-a"), None, &[("idempotency-key", key)]);
+    let call =
+        |key: &'static str| with_metadata(activate("folder-a"), None, &[("idempotency-key", key)]);
 
-    let first = providers.activate(call("key-1")).await.unwrap().into_inner();
-    let again = providers.activate(call("key-1")).await.unwrap().into_inner();
-    let other = providers.activate(call("key-2")).await.unwrap().into_inner();
-    let unkeyed = providers.activate(activate("folder-a")).await.unwrap().into_inner();
+    let first = providers
+        .activate(call("key-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = providers
+        .activate(call("key-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let other = providers
+        .activate(call("key-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    let unkeyed = providers
+        .activate(activate("folder-a"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first.id, again.id);
     assert_ne!(first.id, other.id);
     assert_ne!(first.id, unkeyed.id);
@@ -298,7 +400,11 @@ async fn idempotency_key_returns_first_operation() {
 async fn operations_survive_restart() {
     let server = TestServer::start();
     let mut providers = ProviderServiceClient::new(server.channel().await);
-    let started = providers.activate(activate("folder-a")).await.unwrap().into_inner();
+    let started = providers
+        .activate(activate("folder-a"))
+        .await
+        .unwrap()
+        .into_inner();
     drop(providers);
 
     let (data_dir, temp) = server.stop_keep_data();
@@ -331,7 +437,8 @@ async fn restart_ends_orphaned_operation_with_error() {
                 description: "Left running".into(),
                 created_by: "development".into(),
                 metadata: AnyMessage {
-                    type_url: "type.googleapis.com/yandex.cloud.backup.v1.ActivateProviderMetadata".into(),
+                    type_url: "type.googleapis.com/yandex.cloud.backup.v1.ActivateProviderMetadata"
+                        .into(),
                     value: Vec::new(),
                 },
                 resource_id: None,
@@ -348,7 +455,9 @@ async fn restart_ends_orphaned_operation_with_error() {
     });
     let mut operations = OperationServiceClient::new(server.channel().await);
     let fetched = operations
-        .get(GetOperationRequest { operation_id: orphan.id })
+        .get(GetOperationRequest {
+            operation_id: orphan.id,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -386,20 +495,36 @@ async fn tokens_mode_authenticates_and_authorizes() {
     assert!(missing.metadata().get("x-request-id").is_some());
 
     let unknown = providers
-        .activate(with_metadata(activate("folder-a"), Some("wrong-token"), &[]))
+        .activate(with_metadata(
+            activate("folder-a"),
+            Some("wrong-token"),
+            &[],
+        ))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::Unauthenticated);
 
     let other_folder = providers
-        .activate(with_metadata(activate("folder-b"), Some("token-for-alice"), &[]))
+        .activate(with_metadata(
+            activate("folder-b"),
+            Some("token-for-alice"),
+            &[],
+        ))
         .await
         .unwrap_err();
     assert_eq!(other_folder.code(), Code::PermissionDenied);
-    assert!(other_folder.message().contains("folder-b"), "{}", other_folder.message());
+    assert!(
+        other_folder.message().contains("folder-b"),
+        "{}",
+        other_folder.message()
+    );
 
     let allowed = providers
-        .activate(with_metadata(activate("folder-a"), Some("token-for-alice"), &[]))
+        .activate(with_metadata(
+            activate("folder-a"),
+            Some("token-for-alice"),
+            &[],
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -407,7 +532,10 @@ async fn tokens_mode_authenticates_and_authorizes() {
 
     // Endpoint discovery needs no token, as the SDKs call it without one.
     let mut endpoints = ApiEndpointServiceClient::new(channel);
-    endpoints.list(ListApiEndpointsRequest::default()).await.unwrap();
+    endpoints
+        .list(ListApiEndpointsRequest::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -417,9 +545,17 @@ async fn endpoint_discovery_points_at_advertised_address() {
         ..Default::default()
     });
     let mut endpoints = ApiEndpointServiceClient::new(server.channel().await);
-    let list = endpoints.list(ListApiEndpointsRequest::default()).await.unwrap().into_inner();
+    let list = endpoints
+        .list(ListApiEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     for id in ["backup", "operation", "iam"] {
-        let entry = list.endpoints.iter().find(|e| e.id == id).unwrap_or_else(|| panic!("{id} missing"));
+        let entry = list
+            .endpoints
+            .iter()
+            .find(|e| e.id == id)
+            .unwrap_or_else(|| panic!("{id} missing"));
         assert_eq!(entry.address, "localhost:4443");
     }
 }
@@ -431,7 +567,11 @@ async fn tls_serves_with_operator_certificate() {
         ..Default::default()
     });
     let mut providers = ProviderServiceClient::new(server.channel().await);
-    let operation: Operation = providers.activate(activate("folder-a")).await.unwrap().into_inner();
+    let operation: Operation = providers
+        .activate(activate("folder-a"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(operation.done);
 }
 
@@ -440,7 +580,10 @@ async fn sigterm_shuts_down_gracefully() {
     let mut server = TestServer::start();
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
-    assert!(server.logs().iter().any(|line| line["message"] == "server stopped"));
+    assert!(server
+        .logs()
+        .iter()
+        .any(|line| line["message"] == "server stopped"));
 }
 
 fn resource(instance: &str, folder: &str, created_at: OffsetDateTime) -> Resource {
@@ -489,7 +632,13 @@ fn archive(id: &str, instance: &str, folder: &str, created_at: OffsetDateTime) -
     }
 }
 
-fn backup(id: &str, archive_id: &str, instance: &str, folder: &str, created_at: OffsetDateTime) -> Backup {
+fn backup(
+    id: &str,
+    archive_id: &str,
+    instance: &str,
+    folder: &str,
+    created_at: OffsetDateTime,
+) -> Backup {
     Backup {
         id: id.into(),
         archive_id: archive_id.into(),
@@ -523,20 +672,48 @@ fn backup(id: &str, archive_id: &str, instance: &str, folder: &str, created_at: 
 
 /// Writes two instances in two folders with five and one backups.
 async fn seed_catalog(catalog: &impl Catalog) -> OffsetDateTime {
-    let base = OffsetDateTime::parse("2026-01-01T00:00:00Z", &time::format_description::well_known::Rfc3339).unwrap();
-    catalog.upsert_resource(&resource("instance-a", "folder-a", base)).await.unwrap();
-    catalog.upsert_resource(&resource("instance-b", "folder-b", base)).await.unwrap();
-    catalog.upsert_archive(&archive("archive-a", "instance-a", "folder-a", base)).await.unwrap();
-    catalog.upsert_archive(&archive("archive-b", "instance-b", "folder-b", base)).await.unwrap();
+    let base = OffsetDateTime::parse(
+        "2026-01-01T00:00:00Z",
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    catalog
+        .upsert_resource(&resource("instance-a", "folder-a", base))
+        .await
+        .unwrap();
+    catalog
+        .upsert_resource(&resource("instance-b", "folder-b", base))
+        .await
+        .unwrap();
+    catalog
+        .upsert_archive(&archive("archive-a", "instance-a", "folder-a", base))
+        .await
+        .unwrap();
+    catalog
+        .upsert_archive(&archive("archive-b", "instance-b", "folder-b", base))
+        .await
+        .unwrap();
     for i in 0..5 {
         let at = base + Duration::hours(i);
         catalog
-            .insert_backup(&backup(&format!("backup-a{i}"), "archive-a", "instance-a", "folder-a", at))
+            .insert_backup(&backup(
+                &format!("backup-a{i}"),
+                "archive-a",
+                "instance-a",
+                "folder-a",
+                at,
+            ))
             .await
             .unwrap();
     }
     catalog
-        .insert_backup(&backup("backup-b0", "archive-b", "instance-b", "folder-b", base))
+        .insert_backup(&backup(
+            "backup-b0",
+            "archive-b",
+            "instance-b",
+            "folder-b",
+            base,
+        ))
         .await
         .unwrap();
     base
@@ -573,31 +750,75 @@ async fn backup_reads_come_from_the_catalog() {
         .unwrap_err();
     assert_eq!(wrong_folder.code(), Code::NotFound);
 
-    let list = |id: list_backups_request::Id, order: &str, filter: &str, size: i64, token: &str| ListBackupsRequest {
-        id: Some(id),
-        order_by: order.into(),
-        filter: filter.into(),
-        page_size: size,
-        page_token: token.into(),
-        ..Default::default()
+    let list = |id: list_backups_request::Id, order: &str, filter: &str, size: i64, token: &str| {
+        ListBackupsRequest {
+            id: Some(id),
+            order_by: order.into(),
+            filter: filter.into(),
+            page_size: size,
+            page_token: token.into(),
+            ..Default::default()
+        }
     };
     let folder = || list_backups_request::Id::FolderId("folder-a".into());
 
-    let desc = backups.list(list(folder(), "", "", 0, "")).await.unwrap().into_inner();
-    assert_eq!(ids(&desc), ["backup-a4", "backup-a3", "backup-a2", "backup-a1", "backup-a0"]);
-    let asc = backups.list(list(folder(), "createdAt asc", "", 0, "")).await.unwrap().into_inner();
-    assert_eq!(ids(&asc), ["backup-a0", "backup-a1", "backup-a2", "backup-a3", "backup-a4"]);
+    let desc = backups
+        .list(list(folder(), "", "", 0, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ids(&desc),
+        [
+            "backup-a4",
+            "backup-a3",
+            "backup-a2",
+            "backup-a1",
+            "backup-a0"
+        ]
+    );
+    let asc = backups
+        .list(list(folder(), "createdAt asc", "", 0, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ids(&asc),
+        [
+            "backup-a0",
+            "backup-a1",
+            "backup-a2",
+            "backup-a3",
+            "backup-a4"
+        ]
+    );
 
-    let first = backups.list(list(folder(), "createdAt desc", "", 2, "")).await.unwrap().into_inner();
+    let first = backups
+        .list(list(folder(), "createdAt desc", "", 2, ""))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ids(&first), ["backup-a4", "backup-a3"]);
     let second = backups
-        .list(list(folder(), "createdAt desc", "", 2, &first.next_page_token))
+        .list(list(
+            folder(),
+            "createdAt desc",
+            "",
+            2,
+            &first.next_page_token,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ids(&second), ["backup-a2", "backup-a1"]);
     let third = backups
-        .list(list(folder(), "createdAt desc", "", 2, &second.next_page_token))
+        .list(list(
+            folder(),
+            "createdAt desc",
+            "",
+            2,
+            &second.next_page_token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -617,11 +838,21 @@ async fn backup_reads_come_from_the_catalog() {
         .into_inner();
     assert_eq!(ids(&filtered), ["backup-a2", "backup-a3"]);
 
-    let bad_filter = backups.list(list(folder(), "", "size > 1", 0, "")).await.unwrap_err();
+    let bad_filter = backups
+        .list(list(folder(), "", "size > 1", 0, ""))
+        .await
+        .unwrap_err();
     assert_eq!(bad_filter.code(), Code::InvalidArgument);
-    assert!(bad_filter.message().starts_with("Request validation error: Filter:"));
-    let bad_order = backups.list(list(folder(), "size desc", "", 0, "")).await.unwrap_err();
-    assert!(bad_order.message().starts_with("Request validation error: OrderBy:"));
+    assert!(bad_filter
+        .message()
+        .starts_with("Request validation error: Filter:"));
+    let bad_order = backups
+        .list(list(folder(), "size desc", "", 0, ""))
+        .await
+        .unwrap_err();
+    assert!(bad_order
+        .message()
+        .starts_with("Request validation error: OrderBy:"));
 
     let selectors = [
         list_backups_request::Id::ComputeInstanceId("instance-a".into()),
@@ -636,11 +867,21 @@ async fn backup_reads_come_from_the_catalog() {
         list_backups_request::Id::ResourceId("res-instance-a".into()),
     ];
     for selector in selectors {
-        let response = backups.list(list(selector.clone(), "", "", 0, "")).await.unwrap().into_inner();
+        let response = backups
+            .list(list(selector.clone(), "", "", 0, ""))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(response.backups.len(), 5, "selector {selector:?}");
     }
     let by_policy = backups
-        .list(list(list_backups_request::Id::PolicyId("policy-1".into()), "", "", 0, ""))
+        .list(list(
+            list_backups_request::Id::PolicyId("policy-1".into()),
+            "",
+            "",
+            0,
+            "",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -663,7 +904,9 @@ async fn backup_reads_come_from_the_catalog() {
 
     let archives = backups
         .list_archives(ListArchivesRequest {
-            id: Some(list_archives_request::Id::ComputeInstanceId("instance-b".into())),
+            id: Some(list_archives_request::Id::ComputeInstanceId(
+                "instance-b".into(),
+            )),
         })
         .await
         .unwrap()
@@ -713,7 +956,10 @@ async fn backup_reads_respect_token_folders() {
         .await
         .unwrap()
         .into_inner();
-    assert!(by_policy.backups.iter().all(|b| b.compute_instance_id == "instance-a"));
+    assert!(by_policy
+        .backups
+        .iter()
+        .all(|b| b.compute_instance_id == "instance-a"));
     assert_eq!(by_policy.backups.len(), 5);
 }
 
@@ -743,7 +989,10 @@ async fn resource_reads_come_from_the_catalog() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got.resource.unwrap().tenant_info.unwrap().folder_id, "folder-b");
+    assert_eq!(
+        got.resource.unwrap().tenant_info.unwrap().folder_id,
+        "folder-b"
+    );
 
     let missing = resources
         .get(GetResourceRequest {

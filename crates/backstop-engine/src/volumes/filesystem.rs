@@ -45,7 +45,8 @@ pub(super) fn detect(image: &Image, offset: u64) -> Result<Option<&'static str>>
 }
 
 /// Returns the filesystem type of a FAT, NTFS or exFAT boot sector. These
-/// end with 0x55AA like an MBR does, so the MBR parser asks this first.
+/// end with 0x55AA like an MBR does, so `read_volumes` checks for them
+/// before it parses an MBR.
 pub(super) fn boot_sector_type(sector: &[u8]) -> Option<&'static str> {
     if sector.len() < 512 {
         return None;

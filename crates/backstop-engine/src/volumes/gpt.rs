@@ -2,7 +2,7 @@
 //!
 //! The primary header is at LBA 1 and the backup header at the disk's last
 //! LBA. Both carry a CRC32 of themselves and of the partition entry array.
-//! Each entry holds a type GUID, a unique GUID, the first and last LBA
+//! Each entry contains a type GUID, a unique GUID, the first and last LBA
 //! (inclusive), attribute bits and a 36-character UTF-16LE name.
 
 use super::{filesystem, u16_at, u32_at, u64_at, Image, PartitionType, Volume};
@@ -88,7 +88,7 @@ fn parse_header(block: &[u8], lba: u64) -> Result<Header, String> {
     }
 
     let entry_len = u32_at(&header, 84);
-    if entry_len < MIN_ENTRY_LEN || entry_len % 8 != 0 {
+    if entry_len < MIN_ENTRY_LEN || !entry_len.is_multiple_of(8) {
         return Err(format!("invalid partition entry size {entry_len}"));
     }
     Ok(Header {
@@ -145,10 +145,12 @@ fn read_entries(
             .and_then(|end| end.checked_mul(block_size));
         let end_offset = match end_offset {
             Some(end) if first_lba <= last_lba && end <= image.size => end,
-            _ => return Ok(Err(format!(
+            _ => {
+                return Ok(Err(format!(
                 "partition {number} spans LBA {first_lba} to {last_lba}, outside the {}-byte disk",
                 image.size
-            ))),
+            )))
+            }
         };
         let offset_bytes = first_lba * block_size;
         let name = decode_name(&raw[56..128]);

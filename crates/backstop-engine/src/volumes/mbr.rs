@@ -1,5 +1,5 @@
 //! MBR partition tables: the four primary entries at byte 446 of the first
-//! sector, and the chain of extended boot records (EBRs) that holds logical
+//! sector, and the chain of extended boot records (EBRs) that contains logical
 //! partitions.
 //!
 //! Each 16-byte entry has a status byte (0x80 active, 0x00 inactive), a CHS

@@ -57,7 +57,14 @@ impl TestServer {
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_backstop"));
         command
-            .args(["--log-format", "json", "server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "--log-format",
+                "json",
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(&data_dir)
             .env("BACKSTOP_LOG", "info")
             .stdin(Stdio::null())
@@ -94,7 +101,8 @@ impl TestServer {
                     continue;
                 };
                 if value["message"] == "listening" {
-                    let _ = address_tx.send(value["address"].as_str().unwrap_or_default().to_owned());
+                    let _ =
+                        address_tx.send(value["address"].as_str().unwrap_or_default().to_owned());
                 }
                 sink.lock().unwrap().push(value);
             }
@@ -174,13 +182,18 @@ impl Drop for TestServer {
 /// Makes a self-signed certificate for `localhost` and 127.0.0.1; returns
 /// the certificate and key as PEM.
 pub fn self_signed_certificate() -> (String, String) {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("generate certificate");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("generate certificate");
     (certified.cert.pem(), certified.signing_key.serialize_pem())
 }
 
 /// Adds `authorization: Bearer <token>` and optional extra metadata.
-pub fn with_metadata<T>(message: T, token: Option<&str>, extra: &[(&'static str, &str)]) -> tonic::Request<T> {
+pub fn with_metadata<T>(
+    message: T,
+    token: Option<&str>,
+    extra: &[(&'static str, &str)],
+) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(token) = token {
         request
@@ -196,5 +209,7 @@ pub fn with_metadata<T>(message: T, token: Option<&str>, extra: &[(&'static str,
 /// Opens the catalog of a server's data folder, as the engine will write
 /// backups into it.
 pub async fn open_catalog(data_dir: &Path) -> backstop_catalog::SqliteCatalog {
-    backstop_catalog::SqliteCatalog::open(data_dir).await.expect("open catalog")
+    backstop_catalog::SqliteCatalog::open(data_dir)
+        .await
+        .expect("open catalog")
 }
