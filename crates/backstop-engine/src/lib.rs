@@ -8,8 +8,8 @@
 //! A chunk that `lseek(SEEK_DATA)` reports as a hole in a sparse file is not
 //! read. Every other chunk is read with a positioned read. An all-zero chunk
 //! becomes a hole, and any other chunk is hashed with the repository's
-//! hasher (BLAKE3, keyed in an encrypted repository). Chunks are read and hashed in
-//! parallel. Batches of digests go to [`ChunkSession::missing_chunks`], which
+//! hasher (BLAKE3, keyed in an encrypted repository). Chunks are read and
+//! hashed in parallel. Batches of digests go to [`ChunkSession::missing_chunks`], which
 //! pins them and returns the absent ones, and only those are compressed,
 //! encrypted and stored, again in parallel. With the previous backup's
 //! [`DiskManifest`], a chunk whose digest is unchanged at the same index
@@ -51,9 +51,8 @@
 //! every chunk durably before `put_chunk` returns. A restore does not sync
 //! per chunk. It calls `fsync` on the target once, after the last write,
 //! and returns only after that, also when a range fails or the restore is
-//! cancelled. With
-//! the `verify` option, the target is then read back, bypassing the page
-//! cache where the kernel honours `POSIX_FADV_DONTNEED`.
+//! cancelled. With the `verify` option, the target is then read back,
+//! bypassing the page cache where the kernel honours `POSIX_FADV_DONTNEED`.
 //!
 //! # Running at the same time
 //!
