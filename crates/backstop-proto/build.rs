@@ -15,6 +15,7 @@ const PROTO_FILES: &[&str] = &[
     "yandex/cloud/operation/operation_service.proto",
     "yandex/cloud/endpoint/api_endpoint_service.proto",
     "google/rpc/status.proto",
+    "backstop/agent/v1/agent_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

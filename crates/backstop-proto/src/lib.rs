@@ -25,6 +25,14 @@ pub fn descriptor_pool() -> &'static DescriptorPool {
     })
 }
 
+pub mod backstop {
+    pub mod agent {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/backstop.agent.v1.rs"));
+        }
+    }
+}
+
 pub mod google {
     pub mod api {
         include!(concat!(env!("OUT_DIR"), "/google.api.rs"));
@@ -56,6 +64,7 @@ pub mod yandex {
 }
 
 /// Short paths to the packages the server and clients use most.
+pub use backstop::agent::v1 as agent;
 pub use yandex::cloud::backup::v1 as backup;
 pub use yandex::cloud::endpoint;
 pub use yandex::cloud::operation;
