@@ -18,6 +18,7 @@ mod error;
 mod ids;
 pub mod model;
 mod sqlite;
+mod sqlite_tasks;
 pub mod suite;
 
 use async_trait::async_trait;
@@ -78,4 +79,48 @@ pub trait Catalog: Send + Sync + 'static {
     async fn activate_provider(&self, folder_id: &str, name: &str) -> Result<()>;
 
     async fn list_activated_providers(&self, folder_id: &str) -> Result<Vec<String>>;
+
+    /// Records an agent heartbeat: the instance is online as of `at`.
+    async fn record_heartbeat(
+        &self,
+        compute_instance_id: &str,
+        at: Timestamp,
+        agent_version: &str,
+    ) -> Result<()>;
+
+    /// Marks instances whose last heartbeat is older than `before` offline
+    /// and returns their ids.
+    async fn mark_silent_offline(&self, before: Timestamp) -> Result<Vec<String>>;
+
+    /// Sets what an instance is doing, as `Resource.status` shows it.
+    async fn set_resource_status(
+        &self,
+        compute_instance_id: &str,
+        status: ResourceStatus,
+        progress: i64,
+        details: &str,
+    ) -> Result<()>;
+
+    async fn get_task(&self, id: i64) -> Result<Task>;
+
+    async fn get_task_by_operation(&self, operation_id: &str) -> Result<Task>;
+
+    /// Returns the instance's task that is enqueued or running, if any.
+    async fn active_task(&self, compute_instance_id: &str) -> Result<Option<Task>>;
+
+    /// Moves the instance's oldest enqueued task to `Assigned` and returns it.
+    async fn claim_next_task(&self, compute_instance_id: &str) -> Result<Option<Task>>;
+
+    /// Records progress of an unfinished task and marks it started.
+    async fn update_task_progress(&self, id: i64, current: i64, total: i64) -> Result<Task>;
+
+    /// Ends a task; a completed task is returned unchanged.
+    async fn finish_task(&self, id: i64, code: TaskCode, error: &str) -> Result<Task>;
+
+    /// Lists the tasks of an instance, newest first.
+    async fn list_tasks(&self, compute_instance_id: &str, page: &PageRequest)
+        -> Result<Page<Task>>;
+
+    /// Records a finished backup and the archive it joins in one transaction.
+    async fn record_backup(&self, archive: &Archive, backup: &Backup) -> Result<()>;
 }

@@ -62,6 +62,8 @@ pub struct NewOperation {
     pub metadata: AnyMessage,
     pub resource_id: Option<String>,
     pub idempotency: Option<IdempotencyKey>,
+    /// Agent work recorded in the same transaction as the operation.
+    pub task: Option<NewTask>,
 }
 
 /// Output of [`crate::Catalog::create_operation`].
@@ -70,6 +72,8 @@ pub struct CreatedOperation {
     pub operation: Operation,
     /// False when an earlier call with the same idempotency key made it.
     pub created: bool,
+    /// The operation's task, when one was requested and this call made it.
+    pub task: Option<Task>,
 }
 
 /// What the agent of an instance is doing.
@@ -345,6 +349,114 @@ impl BackupType {
         Some(match value {
             1 => Self::Full,
             2 => Self::Incremental,
+            _ => return None,
+        })
+    }
+}
+
+/// The kind of work a task does; numbers match `Task.Type` of the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum TaskType {
+    Backup = 1,
+    Retention = 2,
+    Recovery = 3,
+    ApplyPolicy = 4,
+    RevokePolicy = 5,
+}
+
+/// Where a task stands; numbers match `Task.Status` of the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum TaskStatus {
+    Enqueued = 1,
+    Assigned = 2,
+    Started = 3,
+    Paused = 4,
+    Completed = 5,
+}
+
+/// How a task ended; numbers match `Task.Code` of the API. `None` while it
+/// runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum TaskCode {
+    None = 0,
+    Ok = 1,
+    Error = 2,
+    Warning = 3,
+    Cancelled = 4,
+    Abandoned = 5,
+    TimedOut = 6,
+}
+
+/// A unit of agent work behind an operation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub id: i64,
+    pub operation_id: String,
+    pub compute_instance_id: String,
+    pub policy_id: String,
+    pub task_type: TaskType,
+    pub status: TaskStatus,
+    /// Bytes handled so far and in all.
+    pub progress_current: i64,
+    pub progress_total: i64,
+    pub enqueued_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+    pub completed_at: Option<Timestamp>,
+    pub result_code: TaskCode,
+    pub error: String,
+    /// JSON description of the work, read by the server's task dispatcher.
+    pub payload: String,
+}
+
+/// A task to record together with its operation.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub compute_instance_id: String,
+    pub policy_id: String,
+    pub task_type: TaskType,
+    pub payload: String,
+}
+
+impl TaskType {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Backup,
+            2 => Self::Retention,
+            3 => Self::Recovery,
+            4 => Self::ApplyPolicy,
+            5 => Self::RevokePolicy,
+            _ => return None,
+        })
+    }
+}
+
+impl TaskStatus {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Enqueued,
+            2 => Self::Assigned,
+            3 => Self::Started,
+            4 => Self::Paused,
+            5 => Self::Completed,
+            _ => return None,
+        })
+    }
+}
+
+impl TaskCode {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            0 => Self::None,
+            1 => Self::Ok,
+            2 => Self::Error,
+            3 => Self::Warning,
+            4 => Self::Cancelled,
+            5 => Self::Abandoned,
+            6 => Self::TimedOut,
             _ => return None,
         })
     }

@@ -16,10 +16,10 @@ use sqlx::{
 use time::OffsetDateTime;
 
 use crate::{
-    ids::new_api_id, AnyMessage, Archive, ArchiveScope, Backup, BackupQuery, BackupSelector,
-    BackupType, Catalog, CatalogError, CreatedOperation, InitStatus, NewOperation, Operation,
-    OperationError, OperationResult, Page, PageRequest, Resource, ResourceQuery, ResourceStatus,
-    ResourceType, Result, SortOrder, Timestamp,
+    ids::new_api_id, sqlite_tasks, AnyMessage, Archive, ArchiveScope, Backup, BackupQuery,
+    BackupSelector, BackupType, Catalog, CatalogError, CreatedOperation, InitStatus, NewOperation,
+    Operation, OperationError, OperationResult, Page, PageRequest, Resource, ResourceQuery,
+    ResourceStatus, ResourceType, Result, SortOrder, Task, TaskCode, Timestamp,
 };
 
 /// The catalog in an SQLite database file.
@@ -85,7 +85,7 @@ impl Catalog for SqliteCatalog {
                 .await?;
                 if let Some(id) = existing {
                     let operation = fetch_operation(&mut conn, &id).await?;
-                    return Ok(CreatedOperation { operation, created: false });
+                    return Ok(CreatedOperation { operation, created: false, task: None });
                 }
             }
 
@@ -118,8 +118,12 @@ impl Catalog for SqliteCatalog {
                 .execute(&mut *conn)
                 .await?;
             }
+            let task = match &new.task {
+                Some(task) => Some(crate::sqlite_tasks::insert_task(&mut conn, &id, task).await?),
+                None => None,
+            };
             let operation = fetch_operation(&mut conn, &id).await?;
-            Ok(CreatedOperation { operation, created: true })
+            Ok(CreatedOperation { operation, created: true, task })
         }
         .await;
 
@@ -297,40 +301,8 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn upsert_archive(&self, a: &Archive) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO archives (id, name, folder_id, compute_instance_id, resource_id, policy_id, policy_name, \
-             size, compressed_data_size, data_size, original_data_size, logical_size, format, created_at, \
-             updated_at, last_backup_created_at, last_seen_at, encrypted, deleted) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, policy_name = excluded.policy_name, \
-             size = excluded.size, compressed_data_size = excluded.compressed_data_size, \
-             data_size = excluded.data_size, original_data_size = excluded.original_data_size, \
-             logical_size = excluded.logical_size, updated_at = excluded.updated_at, \
-             last_backup_created_at = excluded.last_backup_created_at, last_seen_at = excluded.last_seen_at, \
-             encrypted = excluded.encrypted, deleted = excluded.deleted",
-        )
-        .bind(&a.id)
-        .bind(&a.name)
-        .bind(&a.folder_id)
-        .bind(&a.compute_instance_id)
-        .bind(&a.resource_id)
-        .bind(&a.policy_id)
-        .bind(&a.policy_name)
-        .bind(a.size)
-        .bind(a.compressed_data_size)
-        .bind(a.data_size)
-        .bind(a.original_data_size)
-        .bind(a.logical_size)
-        .bind(a.format)
-        .bind(micros(a.created_at))
-        .bind(micros(a.updated_at))
-        .bind(a.last_backup_created_at.map(micros))
-        .bind(a.last_seen_at.map(micros))
-        .bind(a.encrypted)
-        .bind(a.deleted)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        upsert_archive_in(&mut conn, a).await
     }
 
     async fn get_archive(&self, id: &str) -> Result<Archive> {
@@ -357,31 +329,8 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn insert_backup(&self, b: &Backup) -> Result<()> {
-        let disks =
-            serde_json::to_string(&b.disks).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO backups (id, archive_id, folder_id, compute_instance_id, resource_id, policy_id, \
-             created_at, last_seen_at, size, deduplicated_size, backed_up_data_size, original_data_size, \
-             backup_type, disks, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&b.id)
-        .bind(&b.archive_id)
-        .bind(&b.folder_id)
-        .bind(&b.compute_instance_id)
-        .bind(&b.resource_id)
-        .bind(&b.policy_id)
-        .bind(micros(b.created_at))
-        .bind(micros(b.last_seen_at))
-        .bind(b.size)
-        .bind(b.deduplicated_size)
-        .bind(b.backed_up_data_size)
-        .bind(b.original_data_size)
-        .bind(b.backup_type as i32)
-        .bind(disks)
-        .bind(b.deleted)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_backup_in(&mut conn, b).await
     }
 
     async fn get_backup(&self, id: &str) -> Result<Backup> {
@@ -486,22 +435,88 @@ impl Catalog for SqliteCatalog {
         .await?;
         Ok(names)
     }
+
+    async fn record_heartbeat(
+        &self,
+        compute_instance_id: &str,
+        at: Timestamp,
+        agent_version: &str,
+    ) -> Result<()> {
+        sqlite_tasks::record_heartbeat(&self.pool, compute_instance_id, at, agent_version).await
+    }
+
+    async fn mark_silent_offline(&self, before: Timestamp) -> Result<Vec<String>> {
+        sqlite_tasks::mark_silent_offline(&self.pool, before).await
+    }
+
+    async fn set_resource_status(
+        &self,
+        compute_instance_id: &str,
+        status: ResourceStatus,
+        progress: i64,
+        details: &str,
+    ) -> Result<()> {
+        sqlite_tasks::set_resource_status(
+            &self.pool,
+            compute_instance_id,
+            status,
+            progress,
+            details,
+        )
+        .await
+    }
+
+    async fn get_task(&self, id: i64) -> Result<Task> {
+        sqlite_tasks::get_task(&self.pool, id).await
+    }
+
+    async fn get_task_by_operation(&self, operation_id: &str) -> Result<Task> {
+        sqlite_tasks::get_task_by_operation(&self.pool, operation_id).await
+    }
+
+    async fn active_task(&self, compute_instance_id: &str) -> Result<Option<Task>> {
+        sqlite_tasks::active_task(&self.pool, compute_instance_id).await
+    }
+
+    async fn claim_next_task(&self, compute_instance_id: &str) -> Result<Option<Task>> {
+        sqlite_tasks::claim_next_task(&self.pool, compute_instance_id).await
+    }
+
+    async fn update_task_progress(&self, id: i64, current: i64, total: i64) -> Result<Task> {
+        sqlite_tasks::update_task_progress(&self.pool, id, current, total).await
+    }
+
+    async fn finish_task(&self, id: i64, code: TaskCode, error: &str) -> Result<Task> {
+        sqlite_tasks::finish_task(&self.pool, id, code, error).await
+    }
+
+    async fn list_tasks(
+        &self,
+        compute_instance_id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<Task>> {
+        sqlite_tasks::list_tasks(&self.pool, compute_instance_id, page).await
+    }
+
+    async fn record_backup(&self, archive: &Archive, backup: &Backup) -> Result<()> {
+        sqlite_tasks::record_backup(&self.pool, archive, backup).await
+    }
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     OffsetDateTime::now_utc()
 }
 
-fn micros(at: Timestamp) -> i64 {
+pub(crate) fn micros(at: Timestamp) -> i64 {
     (at.unix_timestamp_nanos() / 1_000) as i64
 }
 
-fn from_micros(value: i64) -> Result<Timestamp> {
+pub(crate) fn from_micros(value: i64) -> Result<Timestamp> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(value) * 1_000)
         .map_err(|e| CatalogError::Corrupt(format!("timestamp {value}: {e}")))
 }
 
-fn opt_from_micros(value: Option<i64>) -> Result<Option<Timestamp>> {
+pub(crate) fn opt_from_micros(value: Option<i64>) -> Result<Option<Timestamp>> {
     value.map(from_micros).transpose()
 }
 
@@ -510,7 +525,7 @@ fn page_token(created_at: Timestamp, id: &str) -> String {
     format!("{}.{}", micros(created_at), id)
 }
 
-fn parse_page_token(page: &PageRequest) -> Result<Option<(i64, String)>> {
+pub(crate) fn parse_page_token(page: &PageRequest) -> Result<Option<(i64, String)>> {
     let Some(token) = page.token.as_deref().filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
@@ -525,7 +540,11 @@ fn parse_page_token(page: &PageRequest) -> Result<Option<(i64, String)>> {
 
 /// Cuts a listing fetched with one extra row to `size` items, setting the
 /// next page token when the extra row shows that more follow.
-fn paginate<T>(mut items: Vec<T>, size: usize, token_of: impl Fn(&T) -> String) -> Page<T> {
+pub(crate) fn paginate<T>(
+    mut items: Vec<T>,
+    size: usize,
+    token_of: impl Fn(&T) -> String,
+) -> Page<T> {
     let next_page_token = if items.len() > size {
         items.truncate(size);
         items.last().map(&token_of)
@@ -692,4 +711,72 @@ fn backup_from_row(row: &SqliteRow) -> Result<Backup> {
             .map_err(|e| CatalogError::Corrupt(format!("backup disks: {e}")))?,
         deleted: row.try_get("deleted")?,
     })
+}
+
+pub(crate) async fn upsert_archive_in(
+    conn: &mut sqlx::SqliteConnection,
+    a: &Archive,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO archives (id, name, folder_id, compute_instance_id, resource_id, policy_id, policy_name, \
+         size, compressed_data_size, data_size, original_data_size, logical_size, format, created_at, \
+         updated_at, last_backup_created_at, last_seen_at, encrypted, deleted) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, policy_name = excluded.policy_name, \
+         size = excluded.size, compressed_data_size = excluded.compressed_data_size, \
+         data_size = excluded.data_size, original_data_size = excluded.original_data_size, \
+         logical_size = excluded.logical_size, updated_at = excluded.updated_at, \
+         last_backup_created_at = excluded.last_backup_created_at, last_seen_at = excluded.last_seen_at, \
+         encrypted = excluded.encrypted, deleted = excluded.deleted",
+    )
+    .bind(&a.id)
+    .bind(&a.name)
+    .bind(&a.folder_id)
+    .bind(&a.compute_instance_id)
+    .bind(&a.resource_id)
+    .bind(&a.policy_id)
+    .bind(&a.policy_name)
+    .bind(a.size)
+    .bind(a.compressed_data_size)
+    .bind(a.data_size)
+    .bind(a.original_data_size)
+    .bind(a.logical_size)
+    .bind(a.format)
+    .bind(micros(a.created_at))
+    .bind(micros(a.updated_at))
+    .bind(a.last_backup_created_at.map(micros))
+    .bind(a.last_seen_at.map(micros))
+    .bind(a.encrypted)
+    .bind(a.deleted)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn insert_backup_in(conn: &mut sqlx::SqliteConnection, b: &Backup) -> Result<()> {
+    let disks =
+        serde_json::to_string(&b.disks).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO backups (id, archive_id, folder_id, compute_instance_id, resource_id, policy_id, \
+         created_at, last_seen_at, size, deduplicated_size, backed_up_data_size, original_data_size, \
+         backup_type, disks, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&b.id)
+    .bind(&b.archive_id)
+    .bind(&b.folder_id)
+    .bind(&b.compute_instance_id)
+    .bind(&b.resource_id)
+    .bind(&b.policy_id)
+    .bind(micros(b.created_at))
+    .bind(micros(b.last_seen_at))
+    .bind(b.size)
+    .bind(b.deduplicated_size)
+    .bind(b.backed_up_data_size)
+    .bind(b.original_data_size)
+    .bind(b.backup_type as i32)
+    .bind(disks)
+    .bind(b.deleted)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -26,6 +26,7 @@ fn new_operation(key: Option<&str>) -> NewOperation {
             method: "/test/Method".into(),
             key: k.into(),
         }),
+        task: None,
     }
 }
 

@@ -157,6 +157,16 @@ impl ChunkCodec {
         &self.hasher
     }
 
+    /// Returns a codec with the same keys that compresses at another level.
+    pub(crate) fn with_compression(&self, compression: Compression) -> Self {
+        Self {
+            hasher: self.hasher.clone(),
+            compression,
+            cipher: self.cipher.clone(),
+            random: SystemRandom::new(),
+        }
+    }
+
     pub(crate) fn compression(&self) -> Compression {
         self.compression
     }

@@ -110,6 +110,22 @@ impl Repository {
         self.inner.codec.compression()
     }
 
+    /// Returns a handle on the same repository that stores new chunks at
+    /// another compression level, as a policy's setting asks. Reading is
+    /// unaffected, since every stored chunk records its own encoding. The
+    /// handle shares the pins of this one, so garbage collection sees them.
+    pub fn with_compression(&self, compression: Compression) -> Repository {
+        Repository {
+            inner: Arc::new(Inner {
+                backend: self.inner.backend.clone(),
+                location: self.inner.location.clone(),
+                config: self.inner.config.clone(),
+                codec: self.inner.codec.with_compression(compression),
+                pins: self.inner.pins.clone(),
+            }),
+        }
+    }
+
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
     }

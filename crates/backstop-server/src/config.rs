@@ -24,6 +24,33 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Seconds without a heartbeat after which an agent counts as offline
+    /// and its running task fails with UNAVAILABLE.
+    #[serde(default = "default_heartbeat_timeout_s")]
+    pub heartbeat_timeout_s: u64,
+    /// Instances on this host whose agents the server runs in its own
+    /// process; they still talk to it through the agent API.
+    #[serde(default)]
+    pub instances: Vec<LocalInstanceConfig>,
+}
+
+/// An instance served by an agent inside the server process.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalInstanceConfig {
+    pub compute_instance_id: String,
+    pub folder_id: String,
+    pub disks: Vec<LocalDiskConfig>,
+}
+
+/// A disk of a local instance: a raw image file or block device.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDiskConfig {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub device_model: Option<String>,
 }
 
 /// Certificate and private key, both PEM files, for serving TLS.
@@ -54,6 +81,8 @@ impl Default for ServerConfig {
             advertise_address: None,
             tls: None,
             auth: AuthConfig::default(),
+            heartbeat_timeout_s: default_heartbeat_timeout_s(),
+            instances: Vec::new(),
         }
     }
 }
@@ -105,6 +134,27 @@ impl ServerConfig {
                 ));
             }
         }
+        if self.heartbeat_timeout_s < 2 {
+            problems.push(format!(
+                "heartbeat_timeout_s: {} s is too short for agents on a busy host; use 2 or more",
+                self.heartbeat_timeout_s
+            ));
+        }
+        for (i, instance) in self.instances.iter().enumerate() {
+            if instance.compute_instance_id.is_empty() || instance.folder_id.is_empty() {
+                problems.push(format!(
+                    "instances[{i}]: compute_instance_id and folder_id must not be empty"
+                ));
+            }
+            for (j, disk) in instance.disks.iter().enumerate() {
+                if !disk.path.exists() {
+                    problems.push(format!(
+                        "instances[{i}].disks[{j}]: {} does not exist; create the image or fix the path",
+                        disk.path.display()
+                    ));
+                }
+            }
+        }
         if let Some(address) = &self.advertise_address {
             if !address.contains(':') {
                 problems.push(format!("advertise_address: {address:?} must be host:port"));
@@ -116,6 +166,10 @@ impl ServerConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9000))
+}
+
+fn default_heartbeat_timeout_s() -> u64 {
+    15
 }
 
 fn default_data_dir() -> PathBuf {

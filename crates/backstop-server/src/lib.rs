@@ -4,6 +4,7 @@
 //! process, binds the listener and serves until the shutdown future
 //! resolves, then drains calls in flight.
 
+mod agents;
 mod auth;
 mod config;
 mod convert;
@@ -11,6 +12,7 @@ mod error;
 mod layer;
 mod operations;
 mod services;
+mod tasks;
 mod validate;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -18,6 +20,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use backstop_catalog::{Catalog, SqliteCatalog};
 use backstop_proto::{
+    agent::agent_service_server::AgentServiceServer,
     backup::{
         backup_service_server::BackupServiceServer, provider_service_server::ProviderServiceServer,
         resource_service_server::ResourceServiceServer,
@@ -30,12 +33,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use auth::{AuthMode, Caller, TokenConfig};
-pub use config::{AuthConfig, ServerConfig, TlsConfig};
+pub use config::{AuthConfig, LocalDiskConfig, LocalInstanceConfig, ServerConfig, TlsConfig};
 pub use error::ApiError;
 pub use operations::{CancellationSignal, OperationRegistry};
 
 /// How long an idempotency key keeps returning its operation.
 const IDEMPOTENCY_KEY_LIFETIME: Duration = Duration::from_secs(48 * 3600);
+
+/// Largest agent API message: a repository object of the largest chunk
+/// (64 MiB) plus its header and framing.
+const AGENT_MESSAGE_LIMIT: usize = 65 * 1024 * 1024;
 
 /// How long calls in flight may run on after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +51,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with_ready(config, shutdown, None).await
+}
+
+/// Runs the server like [`serve`] and sends the bound address to `ready`
+/// once the listener accepts connections.
+pub async fn serve_with_ready(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
     let problems = config.problems();
     if !problems.is_empty() {
@@ -70,6 +87,16 @@ pub async fn serve(
     }
     tokio::spawn(expire_idempotency_keys(catalog.clone()));
 
+    let backend = open_repository(&config.data_dir).await?;
+    let hub = Arc::new(agents::AgentHub {
+        catalog: catalog.clone(),
+        operations: operations.clone(),
+        backend,
+        task_enqueued: tokio::sync::Notify::new(),
+        heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout_s),
+    });
+    tokio::spawn(hub.clone().run_watchdog());
+
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -90,6 +117,7 @@ pub async fn serve(
     let context = services::ApiContext {
         catalog,
         operations,
+        agents: hub.clone(),
         advertised_address: advertised_address.clone(),
     };
 
@@ -139,7 +167,12 @@ pub async fn serve(
         )))
         .add_service(ProviderServiceServer::new(services::provider::ProviderApi(
             context,
-        )));
+        )))
+        .add_service(
+            AgentServiceServer::new(agents::AgentApi(hub))
+                .max_decoding_message_size(AGENT_MESSAGE_LIMIT)
+                .max_encoding_message_size(AGENT_MESSAGE_LIMIT),
+        );
 
     tracing::info!(
         address = %address,
@@ -148,6 +181,10 @@ pub async fn serve(
         data_dir = %config.data_dir.display(),
         "listening"
     );
+    if let Some(ready) = ready {
+        let _ = ready.send(address);
+    }
+
     // Calls in flight get DRAIN_TIMEOUT to finish after the shutdown signal;
     // a client that keeps its connection open must not hold the server.
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
@@ -169,6 +206,33 @@ pub async fn serve(
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Opens the repository under `data_dir/repository`, creating an
+/// unencrypted one on first start, and returns its storage backend.
+async fn open_repository(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn backstop_chunkstore::Backend>> {
+    use backstop_chunkstore::{Credentials, LocalBackend, Repository, RepositoryOptions};
+
+    let path = data_dir.join("repository");
+    std::fs::create_dir_all(&path)
+        .with_context(|| format!("cannot create repository folder {}", path.display()))?;
+    let backend: Arc<dyn backstop_chunkstore::Backend> = Arc::new(LocalBackend::new(&path));
+    match Repository::open(backend.clone(), &Credentials::None).await {
+        Ok(_) => {}
+        Err(error) if error.is_not_found() => {
+            Repository::create(backend.clone(), RepositoryOptions::default())
+                .await
+                .with_context(|| format!("cannot create the repository in {}", path.display()))?;
+            tracing::info!(path = %path.display(), "created an unencrypted repository");
+        }
+        Err(error) => {
+            return Err(anyhow::Error::from(error)
+                .context(format!("cannot open the repository in {}", path.display())))
+        }
+    }
+    Ok(backend)
 }
 
 /// Deletes idempotency keys past their lifetime, once an hour.

@@ -12,7 +12,8 @@
 use std::{collections::HashMap, sync::Arc};
 
 use backstop_catalog::{
-    AnyMessage, Catalog, IdempotencyKey, NewOperation, Operation, OperationError, OperationResult,
+    AnyMessage, Catalog, CatalogError, CreatedOperation, IdempotencyKey, NewOperation, NewTask,
+    Operation, OperationError, OperationResult, TaskStatus,
 };
 use backstop_proto::{google::rpc, operation as pb};
 use prost::{Message, Name};
@@ -82,6 +83,7 @@ impl OperationRegistry {
                 metadata: pack(request.metadata),
                 resource_id: request.resource_id,
                 idempotency,
+                task: None,
             })
             .await?;
         if created.created {
@@ -90,6 +92,37 @@ impl OperationRegistry {
             tracing::info!(operation_id = %created.operation.id, "idempotency key matched an earlier operation");
         }
         Ok((created.operation, created.created))
+    }
+
+    /// Records a new operation together with its agent task in one
+    /// transaction; an idempotent repeat returns the first operation and no
+    /// task.
+    pub async fn create_with_task<M: Message + Name>(
+        &self,
+        caller: &Caller,
+        request: OperationRequest<'_, M>,
+        task: NewTask,
+    ) -> Result<CreatedOperation, ApiError> {
+        let idempotency = request.idempotency_key.map(|key| IdempotencyKey {
+            subject: caller.subject.clone(),
+            method: request.method.to_owned(),
+            key,
+        });
+        let created = self
+            .catalog
+            .create_operation(NewOperation {
+                description: request.description,
+                created_by: caller.subject.clone(),
+                metadata: pack(request.metadata),
+                resource_id: request.resource_id,
+                idempotency,
+                task: Some(task),
+            })
+            .await?;
+        if let Some(task) = &created.task {
+            tracing::info!(operation_id = %created.operation.id, task_id = task.id, method = request.method, "operation and task created");
+        }
+        Ok(created)
     }
 
     /// Registers the worker of an operation and returns the signal it polls.
@@ -113,6 +146,15 @@ impl OperationRegistry {
             .catalog
             .update_operation_metadata(id, pack(metadata))
             .await?)
+    }
+
+    /// Replaces the metadata of a running operation with an encoded message.
+    pub async fn set_metadata_any(
+        &self,
+        id: &str,
+        metadata: AnyMessage,
+    ) -> Result<Operation, ApiError> {
+        Ok(self.catalog.update_operation_metadata(id, metadata).await?)
     }
 
     /// Ends an operation with a response or an error and releases its worker.
@@ -158,6 +200,12 @@ impl OperationRegistry {
                 tracing::info!(operation_id = id, "cancellation sent to the worker");
                 Ok(operation)
             }
+            // An agent runs the task and reads the flag with its next
+            // progress report.
+            None if self.has_active_task(id).await? => {
+                tracing::info!(operation_id = id, "cancellation flagged for the agent");
+                Ok(operation)
+            }
             None => {
                 self.finish(
                     id,
@@ -177,7 +225,11 @@ impl OperationRegistry {
         let unfinished = self.catalog.list_unfinished_operations().await?;
         let mut ended = 0;
         for operation in unfinished {
-            if self.lock_workers().contains_key(&operation.id) {
+            // Operations whose task an agent still runs continue; the agent
+            // watchdog ends them if the agent is gone.
+            if self.lock_workers().contains_key(&operation.id)
+                || self.has_active_task(&operation.id).await?
+            {
                 continue;
             }
             tracing::warn!(operation_id = %operation.id, "ending an operation left running by a previous server process");
@@ -192,6 +244,14 @@ impl OperationRegistry {
             ended += 1;
         }
         Ok(ended)
+    }
+
+    async fn has_active_task(&self, operation_id: &str) -> Result<bool, ApiError> {
+        match self.catalog.get_task_by_operation(operation_id).await {
+            Ok(task) => Ok(task.status != TaskStatus::Completed),
+            Err(CatalogError::NotFound { .. }) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
     }
 
     fn lock_workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<bool>>> {

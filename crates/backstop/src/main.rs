@@ -32,6 +32,15 @@ struct Cli {
 enum Command {
     /// Run the API server with its catalog under the data folder.
     Server(ServerArgs),
+    /// Run an agent that serves one instance's disks to a server.
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// TOML agent configuration: server, instance id and disks.
+    #[arg(long, env = "BACKSTOP_AGENT_CONFIG")]
+    config: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -83,12 +92,85 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
         Command::Server(args) => runtime.block_on(run_server(args)),
+        Command::Agent(args) => runtime.block_on(run_agent(args)),
     }
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let config = server_config(args)?;
-    backstop_server::serve(config, shutdown_signal()).await
+    let local_agents = local_agent_configs(&config);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(backstop_server::serve_with_ready(
+        config,
+        shutdown_signal(),
+        Some(ready_tx),
+    ));
+
+    // Agents of local instances start once the listener is up and reach the
+    // server through the agent API on loopback, like remote agents do.
+    if let Ok(address) = ready_rx.await {
+        for mut agent in local_agents {
+            agent.server = format!("http://{}", loopback_of(address));
+            let instance = agent.compute_instance_id.clone();
+            tokio::spawn(async move {
+                if let Err(error) = backstop_agent::run_agent(agent, std::future::pending()).await {
+                    tracing::error!(instance = %instance, error = ?error, "local agent stopped");
+                }
+            });
+        }
+    }
+    server.await.context("server task panicked")?
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read agent configuration {}", args.config.display()))?;
+    let config = backstop_agent::AgentConfig::from_toml(&text)
+        .with_context(|| format!("invalid agent configuration {}", args.config.display()))?;
+    backstop_agent::run_agent(config, shutdown_signal()).await
+}
+
+/// Builds agent configurations for the instances the server runs itself.
+fn local_agent_configs(config: &ServerConfig) -> Vec<backstop_agent::AgentConfig> {
+    config
+        .instances
+        .iter()
+        .map(|instance| backstop_agent::AgentConfig {
+            server: String::new(),
+            token: config.auth.tokens.first().map(|t| t.token.clone()),
+            tls_ca: None,
+            compute_instance_id: instance.compute_instance_id.clone(),
+            folder_id: instance.folder_id.clone(),
+            disks: instance
+                .disks
+                .iter()
+                .map(|d| backstop_agent::DiskConfig {
+                    name: d.name.clone(),
+                    path: d.path.clone(),
+                    device_model: d
+                        .device_model
+                        .clone()
+                        .unwrap_or_else(|| "virtio-blk".to_owned()),
+                })
+                .collect(),
+            file_roots: Vec::new(),
+        })
+        .collect()
+}
+
+/// Returns the loopback address of the same family for a wildcard listen
+/// address, so local agents always dial loopback.
+fn loopback_of(address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        let ip = if address.is_ipv4() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        };
+        SocketAddr::new(ip, address.port())
+    } else {
+        address
+    }
 }
 
 /// Builds the configuration: defaults, then the file, then flags and

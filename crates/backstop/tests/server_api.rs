@@ -341,6 +341,7 @@ async fn cancel_ends_unfinished_operation_cancelled() {
             },
             resource_id: None,
             idempotency: None,
+            task: None,
         })
         .await
         .unwrap()
@@ -443,6 +444,7 @@ async fn restart_ends_orphaned_operation_with_error() {
                 },
                 resource_id: None,
                 idempotency: None,
+                task: None,
             })
             .await
             .unwrap()

@@ -23,6 +23,8 @@ const DEFAULT_PAGE_SIZE: usize = 100;
 pub struct ApiContext {
     pub catalog: Arc<dyn Catalog>,
     pub operations: Arc<OperationRegistry>,
+    /// Agent tasks: handlers that enqueue one wake the agents' polls here.
+    pub agents: Arc<crate::agents::AgentHub>,
     /// The `host:port` that endpoint discovery hands to clients.
     pub advertised_address: String,
 }

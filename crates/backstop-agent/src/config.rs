@@ -1,0 +1,78 @@
+//! Typed agent configuration, read from a TOML file or built by the server
+//! for the agents it runs itself.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Every setting of `backstop agent`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Server address, e.g. `http://127.0.0.1:9000` or `https://backup.example:443`.
+    pub server: String,
+    /// Bearer token the server accepts; not needed in development mode.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// The instance this agent serves.
+    pub compute_instance_id: String,
+    /// Folder of the instance, needed when it registers for the first time.
+    #[serde(default)]
+    pub folder_id: String,
+    /// The instance's disks, in the order backups list them.
+    pub disks: Vec<DiskConfig>,
+    /// Folders for file-level backups, which later versions will use.
+    #[serde(default)]
+    pub file_roots: Vec<PathBuf>,
+}
+
+/// One disk of the instance.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Name shown in backups, e.g. `vda`.
+    pub name: String,
+    /// Raw image file or block device.
+    pub path: PathBuf,
+    #[serde(default = "default_device_model")]
+    pub device_model: String,
+}
+
+fn default_device_model() -> String {
+    "virtio-blk".to_owned()
+}
+
+impl AgentConfig {
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Lists every problem of the configuration at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.server.starts_with("http://") || self.server.starts_with("https://")) {
+            problems.push(format!(
+                "server: {:?} must start with http:// or https://",
+                self.server
+            ));
+        }
+        if self.compute_instance_id.is_empty() {
+            problems.push("compute_instance_id: must not be empty".to_owned());
+        }
+        if self.disks.is_empty() {
+            problems.push("disks: list at least one disk".to_owned());
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            if disk.name.is_empty() {
+                problems.push(format!("disks[{i}].name: must not be empty"));
+            }
+            if self.disks[..i].iter().any(|d| d.name == disk.name) {
+                problems.push(format!("disks[{i}].name: {:?} is used twice", disk.name));
+            }
+        }
+        problems
+    }
+}
