@@ -40,6 +40,9 @@ pub trait Catalog: Send + Sync + 'static {
 
     async fn get_operation(&self, id: &str) -> Result<Operation>;
 
+    /// Returns the operation recorded under an idempotency key, if any.
+    async fn find_idempotent_operation(&self, key: &IdempotencyKey) -> Result<Option<Operation>>;
+
     /// Replaces the metadata of an unfinished operation. Updates of a finished
     /// operation are ignored and return it unchanged.
     async fn update_operation_metadata(&self, id: &str, metadata: AnyMessage) -> Result<Operation>;

@@ -17,9 +17,10 @@ use time::OffsetDateTime;
 
 use crate::{
     ids::new_api_id, sqlite_tasks, AnyMessage, Archive, ArchiveScope, Backup, BackupQuery,
-    BackupSelector, BackupType, Catalog, CatalogError, CreatedOperation, InitStatus, NewOperation,
-    Operation, OperationError, OperationResult, Page, PageRequest, Resource, ResourceQuery,
-    ResourceStatus, ResourceType, Result, SortOrder, Task, TaskCode, Timestamp,
+    BackupSelector, BackupType, Catalog, CatalogError, CreatedOperation, IdempotencyKey,
+    InitStatus, NewOperation, Operation, OperationError, OperationResult, Page, PageRequest,
+    Resource, ResourceQuery, ResourceStatus, ResourceType, Result, SortOrder, Task, TaskCode,
+    Timestamp,
 };
 
 /// The catalog in an SQLite database file.
@@ -145,6 +146,22 @@ impl Catalog for SqliteCatalog {
     async fn get_operation(&self, id: &str) -> Result<Operation> {
         let mut conn = self.pool.acquire().await?;
         fetch_operation(&mut conn, id).await
+    }
+
+    async fn find_idempotent_operation(&self, key: &IdempotencyKey) -> Result<Option<Operation>> {
+        let mut conn = self.pool.acquire().await?;
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT operation_id FROM idempotency_keys WHERE subject = ? AND method = ? AND key = ?",
+        )
+        .bind(&key.subject)
+        .bind(&key.method)
+        .bind(&key.key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match id {
+            Some(id) => Ok(Some(fetch_operation(&mut conn, &id).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn update_operation_metadata(&self, id: &str, metadata: AnyMessage) -> Result<Operation> {

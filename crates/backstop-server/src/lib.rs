@@ -6,6 +6,7 @@
 
 mod agents;
 mod auth;
+mod backups;
 mod config;
 mod convert;
 mod error;
