@@ -27,6 +27,24 @@ pub struct AgentConfig {
     /// Folders for file-level backups, which later versions will use.
     #[serde(default)]
     pub file_roots: Vec<PathBuf>,
+    /// Commands run around a recovery, e.g. to stop and start the VM.
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    /// Re-read every restored disk after the final sync and compare it
+    /// with the backup.
+    #[serde(default)]
+    pub verify_after_restore: bool,
+}
+
+/// Commands the agent runs around a recovery; each is a program and its
+/// arguments, run without a shell.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    #[serde(default)]
+    pub pre_recovery: Option<Vec<String>>,
+    #[serde(default)]
+    pub post_recovery: Option<Vec<String>>,
 }
 
 /// One disk of the instance.

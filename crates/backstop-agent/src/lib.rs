@@ -8,9 +8,10 @@
 //! address, and chunks are encoded on the agent before they travel.
 
 mod config;
+mod recovery;
 mod remote;
 mod runner;
 
-pub use config::{AgentConfig, DiskConfig};
+pub use config::{AgentConfig, DiskConfig, HooksConfig};
 pub use remote::RemoteBackend;
 pub use runner::run_agent;

@@ -47,9 +47,9 @@ impl Interceptor for AuthInterceptor {
 }
 
 /// A task's failure as the agent reports it.
-struct TaskFailure {
-    code: Code,
-    message: String,
+pub(crate) struct TaskFailure {
+    pub(crate) code: Code,
+    pub(crate) message: String,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -110,10 +110,11 @@ pub async fn run_agent(
                         .await
                         .map(complete_task_request::Result::Backup)
                 }
-                (Some(_), Some(Work::Recovery(_))) => Err(TaskFailure {
-                    code: Code::Unimplemented,
-                    message: "this agent cannot run recoveries yet".to_owned(),
-                }),
+                (Some(repository), Some(Work::Recovery(work))) => {
+                    crate::recovery::run_recovery(&client, &config, repository, task.task_id, &work)
+                        .await
+                        .map(complete_task_request::Result::Recovery)
+                }
                 (Some(_), None) => Err(TaskFailure {
                     code: Code::InvalidArgument,
                     message: "the task has no work; the server and agent versions may differ"
@@ -250,14 +251,14 @@ fn compression_of(number: i32) -> Compression {
     }
 }
 
-fn failure(code: Code, message: impl Into<String>) -> TaskFailure {
+pub(crate) fn failure(code: Code, message: impl Into<String>) -> TaskFailure {
     TaskFailure {
         code,
         message: message.into(),
     }
 }
 
-fn engine_failure(error: backstop_engine::Error) -> TaskFailure {
+pub(crate) fn engine_failure(error: backstop_engine::Error) -> TaskFailure {
     use backstop_engine::Error as E;
     let code = match &error {
         E::Cancelled { .. } => Code::Cancelled,
@@ -271,17 +272,17 @@ fn engine_failure(error: backstop_engine::Error) -> TaskFailure {
 
 /// Sends progress to the server at most every [`PROGRESS_INTERVAL`] and
 /// fires `cancel` when the server says the user cancelled.
-struct ProgressReporter {
-    client: Client,
-    instance: String,
-    task_id: i64,
-    total: i64,
-    cancel: CancellationToken,
-    last: Mutex<(Option<tokio::time::Instant>, i64)>,
+pub(crate) struct ProgressReporter {
+    pub(crate) client: Client,
+    pub(crate) instance: String,
+    pub(crate) task_id: i64,
+    pub(crate) total: i64,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) last: Mutex<(Option<tokio::time::Instant>, i64)>,
 }
 
 impl ProgressReporter {
-    fn report(&self, current: i64, force: bool) {
+    pub(crate) fn report(&self, current: i64, force: bool) {
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             let due = last.0.is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);

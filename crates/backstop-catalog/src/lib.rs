@@ -126,4 +126,14 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Records a finished backup and the archive it joins in one transaction.
     async fn record_backup(&self, archive: &Archive, backup: &Backup) -> Result<()>;
+
+    /// Replaces the disk list an instance's agent reported.
+    async fn set_instance_disks(
+        &self,
+        compute_instance_id: &str,
+        disks: &[InstanceDisk],
+    ) -> Result<()>;
+
+    /// Returns the disks an instance's agent last reported, in its order.
+    async fn list_instance_disks(&self, compute_instance_id: &str) -> Result<Vec<InstanceDisk>>;
 }

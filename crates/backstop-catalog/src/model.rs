@@ -461,3 +461,12 @@ impl TaskCode {
         })
     }
 }
+
+/// A disk of an instance as its agent reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceDisk {
+    pub name: String,
+    /// Size in bytes.
+    pub size: i64,
+    pub device_model: String,
+}

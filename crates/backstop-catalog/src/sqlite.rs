@@ -518,6 +518,21 @@ impl Catalog for SqliteCatalog {
     async fn record_backup(&self, archive: &Archive, backup: &Backup) -> Result<()> {
         sqlite_tasks::record_backup(&self.pool, archive, backup).await
     }
+
+    async fn set_instance_disks(
+        &self,
+        compute_instance_id: &str,
+        disks: &[crate::InstanceDisk],
+    ) -> Result<()> {
+        sqlite_tasks::set_instance_disks(&self.pool, compute_instance_id, disks).await
+    }
+
+    async fn list_instance_disks(
+        &self,
+        compute_instance_id: &str,
+    ) -> Result<Vec<crate::InstanceDisk>> {
+        sqlite_tasks::list_instance_disks(&self.pool, compute_instance_id).await
+    }
 }
 
 pub(crate) fn now() -> Timestamp {

@@ -4,8 +4,8 @@ use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
 use crate::{
     sqlite::{from_micros, micros, now, opt_from_micros, paginate, parse_page_token},
-    Archive, Backup, CatalogError, NewTask, Page, PageRequest, ResourceStatus, Result, Task,
-    TaskCode, TaskStatus, TaskType, Timestamp,
+    Archive, Backup, CatalogError, InstanceDisk, NewTask, Page, PageRequest, ResourceStatus,
+    Result, Task, TaskCode, TaskStatus, TaskType, Timestamp,
 };
 
 /// Statuses of a task that is not finished.
@@ -232,6 +232,52 @@ pub(crate) async fn record_backup(
     crate::sqlite::insert_backup_in(&mut tx, backup).await?;
     tx.commit().await?;
     Ok(())
+}
+
+pub(crate) async fn set_instance_disks(
+    pool: &SqlitePool,
+    instance: &str,
+    disks: &[InstanceDisk],
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM instance_disks WHERE compute_instance_id = ?")
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+    for (position, disk) in disks.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO instance_disks (compute_instance_id, position, name, size, device_model) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(instance)
+        .bind(position as i64)
+        .bind(&disk.name)
+        .bind(disk.size)
+        .bind(&disk.device_model)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn list_instance_disks(
+    pool: &SqlitePool,
+    instance: &str,
+) -> Result<Vec<InstanceDisk>> {
+    let rows =
+        sqlx::query("SELECT * FROM instance_disks WHERE compute_instance_id = ? ORDER BY position")
+            .bind(instance)
+            .fetch_all(pool)
+            .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(InstanceDisk {
+                name: row.try_get("name")?,
+                size: row.try_get("size")?,
+                device_model: row.try_get("device_model")?,
+            })
+        })
+        .collect()
 }
 
 fn task_from_row(row: &SqliteRow) -> Result<Task> {

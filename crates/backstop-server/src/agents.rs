@@ -52,6 +52,17 @@ fn internal(error: impl Into<anyhow::Error>) -> Status {
     ApiError::Internal(error.into()).into()
 }
 
+fn instance_disks(disks: &[pb::DiskInfo]) -> Vec<backstop_catalog::InstanceDisk> {
+    disks
+        .iter()
+        .map(|d| backstop_catalog::InstanceDisk {
+            name: d.name.clone(),
+            size: d.size,
+            device_model: d.device_model.clone(),
+        })
+        .collect()
+}
+
 fn object_key(key: &str) -> Result<ObjectKey, Status> {
     ObjectKey::new(key).map_err(|e| ApiError::invalid_field("key", e.to_string()).into())
 }
@@ -322,6 +333,14 @@ impl AgentService for AgentApi {
             .record_heartbeat(&resource.compute_instance_id, now, &request.agent_version)
             .await
             .map_err(ApiError::from)?;
+        self.0
+            .catalog
+            .set_instance_disks(
+                &resource.compute_instance_id,
+                &instance_disks(&request.disks),
+            )
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::RegisterResponse {
             compute_instance_id: resource.compute_instance_id,
             resource_id: resource.resource_id,
@@ -334,13 +353,15 @@ impl AgentService for AgentApi {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let request = request.into_inner();
+        let instance = &request.compute_instance_id;
         self.0
             .catalog
-            .record_heartbeat(
-                &request.compute_instance_id,
-                OffsetDateTime::now_utc(),
-                &request.agent_version,
-            )
+            .record_heartbeat(instance, OffsetDateTime::now_utc(), &request.agent_version)
+            .await
+            .map_err(ApiError::from)?;
+        self.0
+            .catalog
+            .set_instance_disks(instance, &instance_disks(&request.disks))
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::HeartbeatResponse {}))

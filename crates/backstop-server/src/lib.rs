@@ -12,6 +12,7 @@ mod convert;
 mod error;
 mod layer;
 mod operations;
+mod recoveries;
 mod services;
 mod tasks;
 mod validate;

@@ -154,6 +154,8 @@ fn local_agent_configs(config: &ServerConfig) -> Vec<backstop_agent::AgentConfig
                 })
                 .collect(),
             file_roots: Vec::new(),
+            hooks: Default::default(),
+            verify_after_restore: false,
         })
         .collect()
 }

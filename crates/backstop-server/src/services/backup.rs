@@ -192,11 +192,24 @@ impl BackupService for BackupApi {
         Ok(Response::new(convert::backup(&backup)))
     }
 
+    #[tracing::instrument(skip_all, fields(backup_id = %request.get_ref().backup_id))]
     async fn start_recovery(
         &self,
-        _request: Request<StartRecoveryRequest>,
+        request: Request<StartRecoveryRequest>,
     ) -> Result<Response<Operation>, Status> {
-        Err(ApiError::Unimplemented("StartRecovery is not implemented yet".into()).into())
+        let caller = caller(&request)?;
+        let key = super::idempotency_key(&request);
+        let request = request.into_inner();
+        validate_request(&request)?;
+        let operation = crate::recoveries::start_recovery(
+            &self.0,
+            &caller,
+            key,
+            &request.backup_id,
+            &request.compute_instance_id,
+        )
+        .await?;
+        Ok(Response::new(crate::operations::to_proto(&operation)))
     }
 
     async fn start_files_recovery(
