@@ -57,8 +57,9 @@ pub async fn serve(
     serve_with_ready(config, shutdown, None).await
 }
 
-/// Runs the server like [`serve`] and sends the bound address to `ready`
-/// once the listener accepts connections.
+/// Runs the server like [`serve`] and, once it accepts connections, sends
+/// to `ready` the plaintext address where local agents reach the agent API:
+/// the main listener, or a loopback one when the main listener serves TLS.
 pub async fn serve_with_ready(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -152,7 +153,7 @@ pub async fn serve_with_ready(
             .context("invalid TLS certificate or key")?;
     }
     let router = builder
-        .layer(layer::ApiLayer::new(authenticator))
+        .layer(layer::ApiLayer::new(authenticator.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ApiEndpointServiceServer::new(
@@ -170,11 +171,32 @@ pub async fn serve_with_ready(
         .add_service(ProviderServiceServer::new(services::provider::ProviderApi(
             context,
         )))
-        .add_service(
-            AgentServiceServer::new(agents::AgentApi(hub))
-                .max_decoding_message_size(AGENT_MESSAGE_LIMIT)
-                .max_encoding_message_size(AGENT_MESSAGE_LIMIT),
-        );
+        .add_service(agent_service(hub.clone()));
+
+    // With TLS on, the agents this process runs for local instances reach
+    // the agent API through a plaintext listener on loopback, because the
+    // operator's certificate need not name a loopback address.
+    let agent_address = if config.tls.is_some() && !config.instances.is_empty() {
+        let agent_listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("cannot listen on loopback for local agents")?;
+        let agent_address = agent_listener.local_addr()?;
+        let agent_router = Server::builder()
+            .layer(layer::ApiLayer::new(authenticator.clone()))
+            .add_service(agent_service(hub));
+        tokio::spawn(async move {
+            if let Err(error) = agent_router
+                .serve_with_incoming(TcpListenerStream::new(agent_listener))
+                .await
+            {
+                tracing::error!(error = %error, "local agent listener failed");
+            }
+        });
+        tracing::info!(address = %agent_address, "local agents connect on loopback");
+        agent_address
+    } else {
+        address
+    };
 
     tracing::info!(
         address = %address,
@@ -184,7 +206,7 @@ pub async fn serve_with_ready(
         "listening"
     );
     if let Some(ready) = ready {
-        let _ = ready.send(address);
+        let _ = ready.send(agent_address);
     }
 
     // Calls in flight get DRAIN_TIMEOUT to finish after the shutdown signal;
@@ -208,6 +230,12 @@ pub async fn serve_with_ready(
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+fn agent_service(hub: Arc<agents::AgentHub>) -> AgentServiceServer<agents::AgentApi> {
+    AgentServiceServer::new(agents::AgentApi(hub))
+        .max_decoding_message_size(AGENT_MESSAGE_LIMIT)
+        .max_encoding_message_size(AGENT_MESSAGE_LIMIT)
 }
 
 /// Opens the repository under `data_dir/repository`, creating an
