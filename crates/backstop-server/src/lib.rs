@@ -106,6 +106,11 @@ pub async fn serve(
     health
         .set_serving::<OperationServiceServer<services::operation::OperationApi>>()
         .await;
+    health
+        .set_serving::<backstop_proto::backup::policy_service_server::PolicyServiceServer<
+            services::policy::PolicyApi,
+        >>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(backstop_proto::DESCRIPTOR_SET)
         .build_v1()
@@ -137,6 +142,11 @@ pub async fn serve(
         .add_service(ResourceServiceServer::new(services::resource::ResourceApi(
             context.clone(),
         )))
+        .add_service(
+            backstop_proto::backup::policy_service_server::PolicyServiceServer::new(
+                services::policy::PolicyApi(context.clone()),
+            ),
+        )
         .add_service(ProviderServiceServer::new(services::provider::ProviderApi(
             context,
         )));
