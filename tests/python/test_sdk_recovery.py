@@ -43,6 +43,10 @@ def policy_settings():
         reattempts=retries,
         vm_snapshot_reattempts=retries,
         splitting=policy_pb2.PolicySettings.Splitting(size=1 << 40),
+        vss=policy_pb2.PolicySettings.VolumeShadowCopyServiceSettings(
+            enabled=False, provider=policy_pb2.PolicySettings.VolumeShadowCopyServiceSettings.NATIVE),
+        performance_window=policy_pb2.PolicySettings.PerformanceWindow(enabled=False),
+        cbt=policy_pb2.PolicySettings.USE_IF_ENABLED,
         retention=policy_pb2.PolicySettings.Retention(rules=[
             policy_pb2.PolicySettings.Retention.RetentionRule(
                 backup_set=[policy_pb2.PolicySettings.DAILY],
@@ -51,6 +55,8 @@ def policy_settings():
         scheduling=policy_pb2.PolicySettings.Scheduling(
             enabled=True,
             scheme=policy_pb2.PolicySettings.Scheduling.ALWAYS_INCREMENTAL,
+            weekly_backup_day=policy_pb2.PolicySettings.MONDAY,
+            rand_max_delay=interval(type=interval.MINUTES, count=30),
             backup_sets=[policy_pb2.PolicySettings.Scheduling.BackupSet(
                 type=policy_pb2.PolicySettings.Scheduling.BackupSet.TYPE_AUTO,
                 time=policy_pb2.PolicySettings.Scheduling.BackupSet.Time(

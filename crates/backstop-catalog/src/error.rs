@@ -19,6 +19,11 @@ pub enum CatalogError {
 
     #[error("catalog migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
+
+    /// A write would duplicate a unique key, such as a policy name within
+    /// its folder. `key` names the value and its scope.
+    #[error("{kind} {key} already exists")]
+    AlreadyExists { kind: &'static str, key: String },
 }
 
 impl CatalogError {

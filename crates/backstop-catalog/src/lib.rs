@@ -18,6 +18,7 @@ mod error;
 mod ids;
 pub mod model;
 mod sqlite;
+mod sqlite_policies;
 mod sqlite_tasks;
 pub mod suite;
 
@@ -136,4 +137,50 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Returns the disks an instance's agent last reported, in its order.
     async fn list_instance_disks(&self, compute_instance_id: &str) -> Result<Vec<InstanceDisk>>;
+
+    /// Inserts a policy with `created_at` and `updated_at` set to now and
+    /// returns it as stored. Fails with [`CatalogError::AlreadyExists`] when
+    /// a policy of the same folder that is not deleted has the same name.
+    async fn create_policy(&self, new: &NewPolicy) -> Result<Policy>;
+
+    /// Returns a policy, also when it is deleted.
+    async fn get_policy(&self, id: &str) -> Result<Policy>;
+
+    /// Lists the policies that are not deleted, oldest first.
+    async fn list_policies(&self, query: &PolicyQuery) -> Result<Vec<Policy>>;
+
+    /// Replaces the settings of a policy that is not deleted and moves its
+    /// `updated_at` forward. A deleted policy is [`CatalogError::NotFound`].
+    async fn update_policy_settings(&self, id: &str, settings: &[u8]) -> Result<Policy>;
+
+    /// Marks a policy deleted and removes its applications in one
+    /// transaction. A policy that is missing or already deleted is
+    /// [`CatalogError::NotFound`].
+    async fn delete_policy(&self, id: &str) -> Result<()>;
+
+    /// Records that a policy applies to an instance, enabled and with status
+    /// OK, and returns the application. Applying again returns the existing
+    /// application unchanged. A policy that is missing or deleted is
+    /// [`CatalogError::NotFound`]. The instance is not looked up.
+    async fn apply_policy(
+        &self,
+        policy_id: &str,
+        compute_instance_id: &str,
+    ) -> Result<PolicyApplication>;
+
+    /// Removes the application of a policy to an instance, or fails with
+    /// [`CatalogError::NotFound`] when there is none.
+    async fn revoke_policy(&self, policy_id: &str, compute_instance_id: &str) -> Result<()>;
+
+    async fn get_policy_application(
+        &self,
+        policy_id: &str,
+        compute_instance_id: &str,
+    ) -> Result<PolicyApplication>;
+
+    /// Lists applications, oldest first.
+    async fn list_policy_applications(
+        &self,
+        scope: &ApplicationScope,
+    ) -> Result<Vec<PolicyApplication>>;
 }

@@ -470,3 +470,82 @@ pub struct InstanceDisk {
     pub size: i64,
     pub device_model: String,
 }
+
+/// Input of [`crate::Catalog::create_policy`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewPolicy {
+    /// A [`crate::new_api_id`] chosen by the caller, so that it can name the
+    /// policy in operation metadata before the row exists.
+    pub id: String,
+    pub folder_id: String,
+    pub name: String,
+    pub enabled: bool,
+    /// Encoded `yandex.cloud.backup.v1.PolicySettings`, format version 1.
+    pub settings: Vec<u8>,
+}
+
+/// A backup policy: how and when the instances it is applied to are backed
+/// up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub id: String,
+    pub folder_id: String,
+    /// Unique within the folder among policies that are not deleted.
+    pub name: String,
+    pub enabled: bool,
+    /// Encoded `yandex.cloud.backup.v1.PolicySettings`, format version 1.
+    /// The catalog stores the bytes without reading them.
+    pub settings: Vec<u8>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deleted: bool,
+}
+
+/// Filter of [`crate::Catalog::list_policies`]. Every condition that is set
+/// must hold, and a query with none set lists every policy.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyQuery {
+    pub folder_id: Option<String>,
+    /// Keeps only the policies applied to this instance.
+    pub compute_instance_id: Option<String>,
+}
+
+/// The state of a policy on one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ApplicationStatus {
+    Ok = 1,
+    Running = 2,
+    Disabled = 3,
+}
+
+/// A policy applied to an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyApplication {
+    pub policy_id: String,
+    pub compute_instance_id: String,
+    pub enabled: bool,
+    pub status: ApplicationStatus,
+    pub created_at: Timestamp,
+}
+
+/// Selector of [`crate::Catalog::list_policy_applications`]: the
+/// applications of one folder, policy or instance.
+#[derive(Clone, Debug)]
+pub enum ApplicationScope {
+    /// Applications of the policies in this folder.
+    Folder(String),
+    Policy(String),
+    Instance(String),
+}
+
+impl ApplicationStatus {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Some(match value {
+            1 => Self::Ok,
+            2 => Self::Running,
+            3 => Self::Disabled,
+            _ => return None,
+        })
+    }
+}

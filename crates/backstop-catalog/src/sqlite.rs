@@ -533,6 +533,54 @@ impl Catalog for SqliteCatalog {
     ) -> Result<Vec<crate::InstanceDisk>> {
         sqlite_tasks::list_instance_disks(&self.pool, compute_instance_id).await
     }
+
+    async fn create_policy(&self, new: &crate::NewPolicy) -> Result<crate::Policy> {
+        crate::sqlite_policies::create_policy(&self.pool, new).await
+    }
+
+    async fn get_policy(&self, id: &str) -> Result<crate::Policy> {
+        crate::sqlite_policies::get_policy(&self.pool, id).await
+    }
+
+    async fn list_policies(&self, query: &crate::PolicyQuery) -> Result<Vec<crate::Policy>> {
+        crate::sqlite_policies::list_policies(&self.pool, query).await
+    }
+
+    async fn update_policy_settings(&self, id: &str, settings: &[u8]) -> Result<crate::Policy> {
+        crate::sqlite_policies::update_policy_settings(&self.pool, id, settings).await
+    }
+
+    async fn delete_policy(&self, id: &str) -> Result<()> {
+        crate::sqlite_policies::delete_policy(&self.pool, id).await
+    }
+
+    async fn apply_policy(
+        &self,
+        policy_id: &str,
+        compute_instance_id: &str,
+    ) -> Result<crate::PolicyApplication> {
+        crate::sqlite_policies::apply_policy(&self.pool, policy_id, compute_instance_id).await
+    }
+
+    async fn revoke_policy(&self, policy_id: &str, compute_instance_id: &str) -> Result<()> {
+        crate::sqlite_policies::revoke_policy(&self.pool, policy_id, compute_instance_id).await
+    }
+
+    async fn get_policy_application(
+        &self,
+        policy_id: &str,
+        compute_instance_id: &str,
+    ) -> Result<crate::PolicyApplication> {
+        crate::sqlite_policies::get_policy_application(&self.pool, policy_id, compute_instance_id)
+            .await
+    }
+
+    async fn list_policy_applications(
+        &self,
+        scope: &crate::ApplicationScope,
+    ) -> Result<Vec<crate::PolicyApplication>> {
+        crate::sqlite_policies::list_policy_applications(&self.pool, scope).await
+    }
 }
 
 pub(crate) fn now() -> Timestamp {
@@ -594,7 +642,7 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(text: &str) -> Result<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(CatalogError::Corrupt(format!("odd-length hex {text:?}")));
     }
     (0..text.len())

@@ -272,6 +272,238 @@ pub async fn backups_filter_and_order(catalog: &dyn Catalog) {
     assert!(catalog.get_backup("b3").await.unwrap().deleted);
 }
 
+use crate::{ApplicationScope, ApplicationStatus, NewPolicy, PolicyQuery};
+
+fn new_policy(id: &str, folder_id: &str, name: &str) -> NewPolicy {
+    NewPolicy {
+        id: id.into(),
+        folder_id: folder_id.into(),
+        name: name.into(),
+        enabled: true,
+        // Any bytes do: the catalog never decodes the settings.
+        settings: vec![0x08, 0x01],
+    }
+}
+
+fn policy_ids(policies: &[crate::Policy]) -> Vec<&str> {
+    policies.iter().map(|p| p.id.as_str()).collect()
+}
+
+fn application_pairs(applications: &[crate::PolicyApplication]) -> Vec<(&str, &str)> {
+    applications
+        .iter()
+        .map(|a| (a.policy_id.as_str(), a.compute_instance_id.as_str()))
+        .collect()
+}
+
+/// Policies keep their settings, names are unique per folder among policies
+/// that are not deleted, and a deleted policy leaves the listings.
+pub async fn policy_lifecycle(catalog: &dyn Catalog) {
+    let created = catalog
+        .create_policy(&new_policy("p1", "folder", "daily"))
+        .await
+        .unwrap();
+    assert_eq!(created.id, "p1");
+    assert_eq!(created.folder_id, "folder");
+    assert_eq!(created.name, "daily");
+    assert_eq!(created.settings, vec![0x08, 0x01]);
+    assert!(created.enabled);
+    assert!(!created.deleted);
+    assert_eq!(created.created_at, created.updated_at);
+    assert_eq!(catalog.get_policy("p1").await.unwrap(), created);
+
+    match catalog
+        .create_policy(&new_policy("p2", "folder", "daily"))
+        .await
+    {
+        Err(CatalogError::AlreadyExists { kind, key }) => {
+            assert_eq!(kind, "policy");
+            assert!(key.contains("daily"), "{key}");
+            assert!(key.contains("folder"), "{key}");
+        }
+        other => panic!("expected AlreadyExists for a taken name, got {other:?}"),
+    }
+    assert!(matches!(
+        catalog
+            .create_policy(&new_policy("p1", "other-folder", "weekly"))
+            .await,
+        Err(CatalogError::AlreadyExists { .. })
+    ));
+    catalog
+        .create_policy(&new_policy("p3", "other-folder", "daily"))
+        .await
+        .expect("the same name in another folder is allowed");
+
+    let updated = catalog
+        .update_policy_settings("p1", &[0x08, 0x02])
+        .await
+        .unwrap();
+    assert_eq!(updated.settings, vec![0x08, 0x02]);
+    assert_eq!(updated.created_at, created.created_at);
+    assert!(updated.updated_at > created.updated_at);
+    assert_eq!(catalog.get_policy("p1").await.unwrap(), updated);
+
+    let in_folder = catalog
+        .list_policies(&PolicyQuery {
+            folder_id: Some("folder".into()),
+            compute_instance_id: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(policy_ids(&in_folder), ["p1"]);
+    let everywhere = catalog
+        .list_policies(&PolicyQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(policy_ids(&everywhere), ["p1", "p3"]);
+
+    catalog.delete_policy("p1").await.unwrap();
+    let deleted = catalog.get_policy("p1").await.unwrap();
+    assert!(deleted.deleted);
+    assert!(deleted.updated_at > updated.updated_at);
+    let in_folder = catalog
+        .list_policies(&PolicyQuery {
+            folder_id: Some("folder".into()),
+            compute_instance_id: None,
+        })
+        .await
+        .unwrap();
+    assert!(in_folder.is_empty(), "{in_folder:?}");
+    assert!(matches!(
+        catalog.update_policy_settings("p1", &[0x08, 0x03]).await,
+        Err(CatalogError::NotFound { .. })
+    ));
+    assert!(matches!(
+        catalog.delete_policy("p1").await,
+        Err(CatalogError::NotFound { .. })
+    ));
+    catalog
+        .create_policy(&new_policy("p4", "folder", "daily"))
+        .await
+        .expect("the name of a deleted policy is free again");
+
+    assert!(matches!(
+        catalog.get_policy("missing").await,
+        Err(CatalogError::NotFound { .. })
+    ));
+    assert!(matches!(
+        catalog.delete_policy("missing").await,
+        Err(CatalogError::NotFound { .. })
+    ));
+}
+
+/// Applying is idempotent, applications list by folder, policy and
+/// instance, and revoking or deleting the policy removes them.
+pub async fn policy_applications(catalog: &dyn Catalog) {
+    for (id, folder, name) in [
+        ("p1", "folder-a", "daily"),
+        ("p2", "folder-a", "weekly"),
+        ("p3", "folder-b", "daily"),
+    ] {
+        catalog
+            .create_policy(&new_policy(id, folder, name))
+            .await
+            .unwrap();
+    }
+
+    let first = catalog.apply_policy("p1", "i1").await.unwrap();
+    assert_eq!(first.policy_id, "p1");
+    assert_eq!(first.compute_instance_id, "i1");
+    assert!(first.enabled);
+    assert_eq!(first.status, ApplicationStatus::Ok);
+    let again = catalog.apply_policy("p1", "i1").await.unwrap();
+    assert_eq!(again, first, "applying twice keeps the first application");
+    catalog.apply_policy("p2", "i1").await.unwrap();
+    catalog.apply_policy("p1", "i2").await.unwrap();
+    catalog.apply_policy("p3", "i3").await.unwrap();
+
+    let by_policy = catalog
+        .list_policy_applications(&ApplicationScope::Policy("p1".into()))
+        .await
+        .unwrap();
+    assert_eq!(application_pairs(&by_policy), [("p1", "i1"), ("p1", "i2")]);
+    let by_instance = catalog
+        .list_policy_applications(&ApplicationScope::Instance("i1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        application_pairs(&by_instance),
+        [("p1", "i1"), ("p2", "i1")]
+    );
+    let by_folder = catalog
+        .list_policy_applications(&ApplicationScope::Folder("folder-a".into()))
+        .await
+        .unwrap();
+    assert_eq!(by_folder.len(), 3, "{by_folder:?}");
+    let by_other_folder = catalog
+        .list_policy_applications(&ApplicationScope::Folder("folder-b".into()))
+        .await
+        .unwrap();
+    assert_eq!(application_pairs(&by_other_folder), [("p3", "i3")]);
+
+    let applied_to_i1 = catalog
+        .list_policies(&PolicyQuery {
+            folder_id: None,
+            compute_instance_id: Some("i1".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(policy_ids(&applied_to_i1), ["p1", "p2"]);
+    let applied_in_other_folder = catalog
+        .list_policies(&PolicyQuery {
+            folder_id: Some("folder-b".into()),
+            compute_instance_id: Some("i1".into()),
+        })
+        .await
+        .unwrap();
+    assert!(applied_in_other_folder.is_empty());
+
+    assert_eq!(
+        catalog.get_policy_application("p1", "i1").await.unwrap(),
+        first
+    );
+    assert!(matches!(
+        catalog.get_policy_application("p3", "i1").await,
+        Err(CatalogError::NotFound { .. })
+    ));
+
+    catalog.revoke_policy("p2", "i1").await.unwrap();
+    assert!(matches!(
+        catalog.revoke_policy("p2", "i1").await,
+        Err(CatalogError::NotFound { .. })
+    ));
+    let by_instance = catalog
+        .list_policy_applications(&ApplicationScope::Instance("i1".into()))
+        .await
+        .unwrap();
+    assert_eq!(application_pairs(&by_instance), [("p1", "i1")]);
+
+    assert!(matches!(
+        catalog.apply_policy("missing", "i1").await,
+        Err(CatalogError::NotFound { .. })
+    ));
+
+    catalog.delete_policy("p1").await.unwrap();
+    let by_policy = catalog
+        .list_policy_applications(&ApplicationScope::Policy("p1".into()))
+        .await
+        .unwrap();
+    assert!(by_policy.is_empty(), "{by_policy:?}");
+    let by_instance = catalog
+        .list_policy_applications(&ApplicationScope::Instance("i2".into()))
+        .await
+        .unwrap();
+    assert!(by_instance.is_empty(), "{by_instance:?}");
+    assert!(matches!(
+        catalog.get_policy_application("p1", "i1").await,
+        Err(CatalogError::NotFound { .. })
+    ));
+    assert!(matches!(
+        catalog.apply_policy("p1", "i1").await,
+        Err(CatalogError::NotFound { .. })
+    ));
+}
+
 #[cfg(test)]
 mod sqlite {
     use super::*;
@@ -296,5 +528,15 @@ mod sqlite {
     #[tokio::test]
     async fn sqlite_backups_filter_and_order() {
         backups_filter_and_order(&SqliteCatalog::in_memory().await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_policy_lifecycle() {
+        policy_lifecycle(&SqliteCatalog::in_memory().await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_policy_applications() {
+        policy_applications(&SqliteCatalog::in_memory().await.unwrap()).await;
     }
 }

@@ -82,6 +82,15 @@ impl AgentHub {
         };
         let message = result.as_ref().err().map(|(_, m)| m.as_str()).unwrap_or("");
         self.catalog.finish_task(task.id, code, message).await?;
+        if result.is_ok() {
+            // Progress reports travel apart from the completion, so the last
+            // one may not have arrived; a finished task is at 100 percent.
+            if let Ok(payload) = TaskPayload::from_json(&task.payload) {
+                self.operations
+                    .set_metadata_any(&task.operation_id, payload.metadata(&task.compute_instance_id, 100.0))
+                    .await?;
+            }
+        }
         let details = match &result {
             Ok(()) => String::new(),
             Err((_, message)) => message.clone(),

@@ -23,7 +23,6 @@ pub struct BackupRequest<'a> {
     pub idempotency_key: Option<String>,
     pub policy_id: &'a str,
     pub policy_name: &'a str,
-    pub folder_id: &'a str,
     /// A `PolicySettings.Compression` number.
     pub compression: i32,
     pub compute_instance_id: &'a str,

@@ -20,6 +20,9 @@ pub enum ApiError {
     NotFound(String),
 
     #[error("{0}")]
+    AlreadyExists(String),
+
+    #[error("{0}")]
     PermissionDenied(String),
 
     #[error("{0}")]
@@ -72,6 +75,7 @@ impl From<ApiError> for Status {
                 ErrorDetails::with_bad_request_violation(field, description),
             ),
             ApiError::NotFound(message) => Status::not_found(message),
+            ApiError::AlreadyExists(message) => Status::already_exists(message),
             ApiError::PermissionDenied(message) => Status::permission_denied(message),
             ApiError::Unauthenticated(message) => Status::unauthenticated(message),
             ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
@@ -79,6 +83,9 @@ impl From<ApiError> for Status {
             ApiError::Unavailable(message) => Status::unavailable(message),
             ApiError::Catalog(CatalogError::NotFound { kind, id }) => {
                 Status::not_found(format!("{kind} {id} not found"))
+            }
+            ApiError::Catalog(error @ CatalogError::AlreadyExists { .. }) => {
+                Status::already_exists(error.to_string())
             }
             ApiError::Catalog(error @ CatalogError::InvalidPageToken(_)) => {
                 ApiError::invalid_field("page_token", error.to_string()).into()

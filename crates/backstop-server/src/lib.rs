@@ -137,6 +137,11 @@ pub async fn serve_with_ready(
     health
         .set_serving::<OperationServiceServer<services::operation::OperationApi>>()
         .await;
+    health
+        .set_serving::<backstop_proto::backup::policy_service_server::PolicyServiceServer<
+            services::policy::PolicyApi,
+        >>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(backstop_proto::DESCRIPTOR_SET)
         .build_v1()
@@ -168,6 +173,11 @@ pub async fn serve_with_ready(
         .add_service(ResourceServiceServer::new(services::resource::ResourceApi(
             context.clone(),
         )))
+        .add_service(
+            backstop_proto::backup::policy_service_server::PolicyServiceServer::new(
+                services::policy::PolicyApi(context.clone()),
+            ),
+        )
         .add_service(ProviderServiceServer::new(services::provider::ProviderApi(
             context,
         )))

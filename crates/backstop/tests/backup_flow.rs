@@ -4,25 +4,12 @@
 
 mod common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::process::Command;
 
-use backstop_chunkstore::{Credentials, LocalBackend, ManifestId, Repository};
-use backstop_engine::{CancellationToken, NoProgress, RestoreOptions};
-use backstop_proto::{
-    backup::{
-        backup_service_client::BackupServiceClient,
-        list_archives_request, list_backups_request,
-        policy_service_client::PolicyServiceClient,
-        policy_settings,
-        policy_settings::{interval, retention, scheduling},
-        resource_service_client::ResourceServiceClient,
-        ApplyPolicyRequest, CreatePolicyMetadata, CreatePolicyRequest, ExecuteMetadata,
-        ExecuteRequest, Format, GetResourceRequest, ListArchivesRequest, ListBackupsRequest,
-        PolicySettings,
-    },
-    operation::{
-        operation, operation_service_client::OperationServiceClient, GetOperationRequest, Operation,
-    },
+use backstop_proto::backup::{
+    backup_service_client::BackupServiceClient, list_archives_request, list_backups_request,
+    policy_service_client::PolicyServiceClient, ApplyPolicyRequest, CreatePolicyMetadata, CreatePolicyRequest,
+    ExecuteRequest, ListArchivesRequest, ListBackupsRequest,
 };
 use common::{flows::*, ServerOptions, TestServer};
 use prost::Message;

@@ -8,8 +8,9 @@ use std::{path::Path, process::Command};
 
 use backstop_proto::{
     backup::{
-        backup_service_client::BackupServiceClient, list_backups_request, resource_service_client::ResourceServiceClient,
-        GetResourceRequest, ListBackupsRequest, StartRecoveryMetadata, StartRecoveryRequest,
+        backup_service_client::BackupServiceClient, list_backups_request,
+        resource_service_client::ResourceServiceClient, GetResourceRequest, ListBackupsRequest,
+        StartRecoveryMetadata, StartRecoveryRequest,
     },
     operation::operation,
 };
@@ -33,7 +34,10 @@ fn start(dir: &Path) -> (TestServer, std::path::PathBuf, std::path::PathBuf) {
     blank_image(&dir.join("smaller-a.raw"), 16 << 20);
     blank_image(&dir.join("smaller-b.raw"), 48 << 20);
     let mut config = server_config(&ext4, &gpt);
-    for (instance, a, b) in [(LARGER, "larger-a.raw", "larger-b.raw"), (SMALLER, "smaller-a.raw", "smaller-b.raw")] {
+    for (instance, a, b) in [
+        (LARGER, "larger-a.raw", "larger-b.raw"),
+        (SMALLER, "smaller-a.raw", "smaller-b.raw"),
+    ] {
         config.push_str(&format!(
             "\n[[instances]]\ncompute_instance_id = \"{instance}\"\nfolder_id = \"{FOLDER}\"\n\
              disks = [{{ name = \"sda\", path = \"{}\" }}, {{ name = \"sdb\", path = \"{}\" }}]\n",
@@ -89,18 +93,30 @@ fn recover(backup_id: &str, instance: &str) -> StartRecoveryRequest {
     }
 }
 
-async fn wait_recovery(channel: Channel, id: &str) -> (backstop_proto::operation::Operation, Vec<f64>) {
-    wait_done_with(channel, id, "yandex.cloud.backup.v1.StartRecoveryMetadata", |bytes| {
-        let metadata = StartRecoveryMetadata::decode(bytes).unwrap();
-        assert!(!metadata.src_backup_id.is_empty());
-        assert!(!metadata.dst_compute_instance_id.is_empty());
-        metadata.progress_percentage
-    })
+async fn wait_recovery(
+    channel: Channel,
+    id: &str,
+) -> (backstop_proto::operation::Operation, Vec<f64>) {
+    wait_done_with(
+        channel,
+        id,
+        "yandex.cloud.backup.v1.StartRecoveryMetadata",
+        |bytes| {
+            let metadata = StartRecoveryMetadata::decode(bytes).unwrap();
+            assert!(!metadata.src_backup_id.is_empty());
+            assert!(!metadata.dst_compute_instance_id.is_empty());
+            metadata.progress_percentage
+        },
+    )
     .await
 }
 
 fn fsck(image: &Path) {
-    let output = Command::new("e2fsck").arg("-fn").arg(image).output().expect("run e2fsck");
+    let output = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .expect("run e2fsck");
     assert!(
         output.status.success(),
         "e2fsck -fn {} failed:\n{}{}",
@@ -135,8 +151,13 @@ async fn recovery_rolls_back_changed_files() {
     // Damage the filesystem's contents after the backup.
     let note = dir.path().join("note.txt");
     std::fs::write(&note, "written after the backup\n".repeat(4000)).unwrap();
-    run(Command::new("debugfs").args(["-w", "-R"]).arg(format!("write {} etc/after-backup.txt", note.display())).arg(&ext4));
-    run(Command::new("debugfs").args(["-w", "-R", "rm etc/config-7.conf"]).arg(&ext4));
+    run(Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} etc/after-backup.txt", note.display()))
+        .arg(&ext4));
+    run(Command::new("debugfs")
+        .args(["-w", "-R", "rm etc/config-7.conf"])
+        .arg(&ext4));
     assert!(std::fs::read(&ext4).unwrap() != original);
 
     let mut backups = BackupServiceClient::new(channel.clone());
@@ -151,21 +172,38 @@ async fn recovery_rolls_back_changed_files() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(started.id, repeated.id, "the same idempotency key returns the same operation");
+    assert_eq!(
+        started.id, repeated.id,
+        "the same idempotency key returns the same operation"
+    );
 
     let (done, progress) = wait_recovery(channel.clone(), &started.id).await;
     match &done.result {
-        Some(operation::Result::Response(any)) => assert_eq!(any.type_url, "type.googleapis.com/google.protobuf.Empty"),
+        Some(operation::Result::Response(any)) => {
+            assert_eq!(any.type_url, "type.googleapis.com/google.protobuf.Empty")
+        }
         other => panic!("recovery failed: {other:?}"),
     }
-    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "progress went backwards: {progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards: {progress:?}"
+    );
     assert_eq!(*progress.last().unwrap(), 100.0);
 
-    assert!(std::fs::read(&ext4).unwrap() == original, "vda differs from the backup after recovery");
-    assert!(std::fs::read(&gpt).unwrap() == original_gpt, "vdb differs from the backup after recovery");
+    assert!(
+        std::fs::read(&ext4).unwrap() == original,
+        "vda differs from the backup after recovery"
+    );
+    assert!(
+        std::fs::read(&gpt).unwrap() == original_gpt,
+        "vdb differs from the backup after recovery"
+    );
     fsck(&ext4);
     let written = bytes_written(&server, "vda");
-    assert!(written > 0 && written * 4 < original.len() as u64, "wrote {written} bytes of a 64 MiB disk");
+    assert!(
+        written > 0 && written * 4 < original.len() as u64,
+        "wrote {written} bytes of a 64 MiB disk"
+    );
 
     let mut resources = ResourceServiceClient::new(channel.clone());
     let resource = resources
@@ -194,19 +232,40 @@ async fn recovery_to_other_instances_checks_disk_sizes() {
     let backup_id = latest_backup_id(channel.clone()).await;
     let mut backups = BackupServiceClient::new(channel.clone());
 
-    let too_small = backups.start_recovery(recover(&backup_id, SMALLER)).await.unwrap_err();
+    let too_small = backups
+        .start_recovery(recover(&backup_id, SMALLER))
+        .await
+        .unwrap_err();
     assert_eq!(too_small.code(), Code::FailedPrecondition);
     let message = too_small.message();
-    assert!(message.contains("`sda`") && message.contains("`vda`"), "{message}");
-    assert!(message.contains(&(16u64 << 20).to_string()) && message.contains(&(64u64 << 20).to_string()), "{message}");
+    assert!(
+        message.contains("`sda`") && message.contains("`vda`"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&(16u64 << 20).to_string())
+            && message.contains(&(64u64 << 20).to_string()),
+        "{message}"
+    );
 
-    let started = backups.start_recovery(recover(&backup_id, LARGER)).await.unwrap().into_inner();
+    let started = backups
+        .start_recovery(recover(&backup_id, LARGER))
+        .await
+        .unwrap()
+        .into_inner();
     let (done, _) = wait_recovery(channel.clone(), &started.id).await;
-    assert!(matches!(done.result, Some(operation::Result::Response(_))), "{:?}", done.result);
+    assert!(
+        matches!(done.result, Some(operation::Result::Response(_))),
+        "{:?}",
+        done.result
+    );
     let larger = std::fs::read(dir.path().join("larger-a.raw")).unwrap();
     let original = std::fs::read(&ext4).unwrap();
     assert_eq!(larger.len(), 96 << 20, "a larger target keeps its size");
-    assert!(larger[..original.len()] == original[..], "the backup's bytes land at the start of the larger disk");
+    assert!(
+        larger[..original.len()] == original[..],
+        "the backup's bytes land at the start of the larger disk"
+    );
     let larger_b = std::fs::read(dir.path().join("larger-b.raw")).unwrap();
     let original_b = std::fs::read(&gpt).unwrap();
     assert!(larger_b[..original_b.len()] == original_b[..]);
@@ -220,23 +279,46 @@ async fn recovery_rejects_bad_requests_before_any_operation() {
     wait_online(channel.clone()).await;
     let mut backups = BackupServiceClient::new(channel.clone());
 
-    let missing = backups.start_recovery(recover("", INSTANCE)).await.unwrap_err();
+    let missing = backups
+        .start_recovery(recover("", INSTANCE))
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::InvalidArgument);
-    assert_eq!(missing.message(), "Request validation error: BackupId: required");
-    let long = backups.start_recovery(recover("b", &"i".repeat(51))).await.unwrap_err();
+    assert_eq!(
+        missing.message(),
+        "Request validation error: BackupId: required"
+    );
+    let long = backups
+        .start_recovery(recover("b", &"i".repeat(51)))
+        .await
+        .unwrap_err();
     assert_eq!(long.code(), Code::InvalidArgument);
-    assert!(long.message().starts_with("Request validation error: ComputeInstanceId:"), "{}", long.message());
+    assert!(
+        long.message()
+            .starts_with("Request validation error: ComputeInstanceId:"),
+        "{}",
+        long.message()
+    );
     let no_instance = backups.start_recovery(recover("b", "")).await.unwrap_err();
-    assert_eq!(no_instance.message(), "Request validation error: ComputeInstanceId: required");
+    assert_eq!(
+        no_instance.message(),
+        "Request validation error: ComputeInstanceId: required"
+    );
 
-    let unknown_backup = backups.start_recovery(recover("nosuchbackup", INSTANCE)).await.unwrap_err();
+    let unknown_backup = backups
+        .start_recovery(recover("nosuchbackup", INSTANCE))
+        .await
+        .unwrap_err();
     assert_eq!(unknown_backup.code(), Code::NotFound);
     assert!(unknown_backup.message().contains("nosuchbackup"));
 
     let policy_id = create_and_apply_policy(channel.clone()).await;
     execute_and_wait(channel.clone(), &policy_id).await;
     let backup_id = latest_backup_id(channel.clone()).await;
-    let unknown_instance = backups.start_recovery(recover(&backup_id, "no-such-vm")).await.unwrap_err();
+    let unknown_instance = backups
+        .start_recovery(recover(&backup_id, "no-such-vm"))
+        .await
+        .unwrap_err();
     assert_eq!(unknown_instance.code(), Code::NotFound);
     assert!(unknown_instance.message().contains("no-such-vm"));
 }

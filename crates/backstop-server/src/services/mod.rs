@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod endpoint;
 pub mod operation;
+pub mod policy;
 pub mod provider;
 pub mod resource;
 

@@ -72,9 +72,17 @@ pub fn nightly_settings() -> PolicySettings {
             }],
             enabled: true,
             max_parallel_backups: 1,
+            rand_max_delay: Some(interval(interval::Type::Minutes, 30)),
+            weekly_backup_day: policy_settings::Day::Monday as i32,
             scheme: scheduling::Scheme::AlwaysIncremental as i32,
             ..Default::default()
         }),
+        vss: Some(policy_settings::VolumeShadowCopyServiceSettings {
+            enabled: false,
+            provider: policy_settings::volume_shadow_copy_service_settings::VssProvider::Native as i32,
+        }),
+        performance_window: Some(policy_settings::PerformanceWindow { enabled: false }),
+        cbt: policy_settings::ChangedBlockTracking::UseIfEnabled as i32,
         ..Default::default()
     }
 }
@@ -213,15 +221,8 @@ pub async fn wait_done_with(
             .unwrap()
             .into_inner();
         let metadata = operation.metadata.clone().expect("metadata on every Get");
-        assert_eq!(
-            metadata.type_url,
-            "type.googleapis.com/yandex.cloud.backup.v1.ExecuteMetadata"
-        );
-        seen.push(
-            ExecuteMetadata::decode(metadata.value.as_slice())
-                .unwrap()
-                .progress_percentage,
-        );
+        assert_eq!(metadata.type_url, format!("type.googleapis.com/{metadata_type}"));
+        seen.push(progress(metadata.value.as_slice()));
         if operation.done {
             return (operation, seen);
         }
