@@ -105,6 +105,17 @@ pub trait Catalog: Send + Sync + 'static {
         details: &str,
     ) -> Result<()>;
 
+    /// Sets the status and progress of an instance while task `task_id`
+    /// runs; does nothing once the task has finished, so a late progress
+    /// report cannot override the idle status its completion set.
+    async fn set_resource_progress(
+        &self,
+        compute_instance_id: &str,
+        task_id: i64,
+        status: ResourceStatus,
+        progress: i64,
+    ) -> Result<()>;
+
     async fn get_task(&self, id: i64) -> Result<Task>;
 
     async fn get_task_by_operation(&self, operation_id: &str) -> Result<Task>;

@@ -483,6 +483,16 @@ impl Catalog for SqliteCatalog {
         .await
     }
 
+    async fn set_resource_progress(
+        &self,
+        compute_instance_id: &str,
+        task_id: i64,
+        status: ResourceStatus,
+        progress: i64,
+    ) -> Result<()> {
+        sqlite_tasks::set_resource_progress(&self.pool, compute_instance_id, task_id, status, progress).await
+    }
+
     async fn get_task(&self, id: i64) -> Result<Task> {
         sqlite_tasks::get_task(&self.pool, id).await
     }

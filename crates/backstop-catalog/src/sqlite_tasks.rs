@@ -104,6 +104,29 @@ pub(crate) async fn set_resource_status(
     Ok(())
 }
 
+pub(crate) async fn set_resource_progress(
+    pool: &SqlitePool,
+    instance: &str,
+    task_id: i64,
+    status: ResourceStatus,
+    progress: i64,
+) -> Result<()> {
+    // One statement checks the task and updates the resource, so a task
+    // finishing in between cannot be overwritten.
+    sqlx::query(&format!(
+        "UPDATE resources SET status = ?, status_progress = ?, status_details = '', updated_at = ? \
+         WHERE compute_instance_id = ? AND EXISTS (SELECT 1 FROM tasks WHERE id = ? AND status IN {ACTIVE})"
+    ))
+    .bind(status as i32)
+    .bind(progress)
+    .bind(micros(now()))
+    .bind(instance)
+    .bind(task_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn get_task(pool: &SqlitePool, id: i64) -> Result<Task> {
     let mut conn = pool.acquire().await?;
     fetch_task(&mut conn, id).await

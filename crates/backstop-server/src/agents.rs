@@ -455,7 +455,7 @@ impl AgentService for AgentApi {
         };
         self.0
             .catalog
-            .set_resource_status(&task.compute_instance_id, status, done as i64, "")
+            .set_resource_progress(&task.compute_instance_id, task.id, status, done as i64)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ReportProgressResponse {
