@@ -490,7 +490,14 @@ impl Catalog for SqliteCatalog {
         status: ResourceStatus,
         progress: i64,
     ) -> Result<()> {
-        sqlite_tasks::set_resource_progress(&self.pool, compute_instance_id, task_id, status, progress).await
+        sqlite_tasks::set_resource_progress(
+            &self.pool,
+            compute_instance_id,
+            task_id,
+            status,
+            progress,
+        )
+        .await
     }
 
     async fn get_task(&self, id: i64) -> Result<Task> {

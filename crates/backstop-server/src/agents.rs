@@ -87,7 +87,10 @@ impl AgentHub {
             // one may not have arrived; a finished task is at 100 percent.
             if let Ok(payload) = TaskPayload::from_json(&task.payload) {
                 self.operations
-                    .set_metadata_any(&task.operation_id, payload.metadata(&task.compute_instance_id, 100.0))
+                    .set_metadata_any(
+                        &task.operation_id,
+                        payload.metadata(&task.compute_instance_id, 100.0),
+                    )
                     .await?;
             }
         }

@@ -8,8 +8,8 @@ use std::process::Command;
 
 use backstop_proto::backup::{
     backup_service_client::BackupServiceClient, list_archives_request, list_backups_request,
-    policy_service_client::PolicyServiceClient, ApplyPolicyRequest, CreatePolicyMetadata, CreatePolicyRequest,
-    ExecuteRequest, ListArchivesRequest, ListBackupsRequest,
+    policy_service_client::PolicyServiceClient, ApplyPolicyRequest, CreatePolicyMetadata,
+    CreatePolicyRequest, ExecuteRequest, ListArchivesRequest, ListBackupsRequest,
 };
 use common::{flows::*, ServerOptions, TestServer};
 use prost::Message;

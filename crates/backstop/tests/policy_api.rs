@@ -112,7 +112,7 @@ fn resource(instance: &str, folder: &str) -> Resource {
         folder_id: folder.into(),
         created_at: now,
         updated_at: now,
-        online: true,
+        online: false,
         enabled: true,
         status: ResourceStatus::Idle,
         status_details: String::new(),
@@ -123,7 +123,7 @@ fn resource(instance: &str, folder: &str) -> Resource {
         metadata: String::new(),
         resource_type: ResourceType::Compute,
         agent_version: "0.1.0".into(),
-        last_heartbeat_at: Some(now),
+        last_heartbeat_at: None,
     }
 }
 

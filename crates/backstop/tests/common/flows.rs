@@ -79,7 +79,8 @@ pub fn nightly_settings() -> PolicySettings {
         }),
         vss: Some(policy_settings::VolumeShadowCopyServiceSettings {
             enabled: false,
-            provider: policy_settings::volume_shadow_copy_service_settings::VssProvider::Native as i32,
+            provider: policy_settings::volume_shadow_copy_service_settings::VssProvider::Native
+                as i32,
         }),
         performance_window: Some(policy_settings::PerformanceWindow { enabled: false }),
         cbt: policy_settings::ChangedBlockTracking::UseIfEnabled as i32,
@@ -221,7 +222,10 @@ pub async fn wait_done_with(
             .unwrap()
             .into_inner();
         let metadata = operation.metadata.clone().expect("metadata on every Get");
-        assert_eq!(metadata.type_url, format!("type.googleapis.com/{metadata_type}"));
+        assert_eq!(
+            metadata.type_url,
+            format!("type.googleapis.com/{metadata_type}")
+        );
         seen.push(progress(metadata.value.as_slice()));
         if operation.done {
             return (operation, seen);
