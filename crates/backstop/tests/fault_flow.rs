@@ -1,0 +1,263 @@
+//! Faults during backups and recoveries: an agent killed mid-backup and a
+//! corrupt chunk in the repository.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use backstop_proto::{
+    backup::{
+        backup_service_client::BackupServiceClient, list_backups_request,
+        policy_service_client::PolicyServiceClient, ExecuteRequest, ListBackupsRequest,
+        StartRecoveryRequest,
+    },
+    operation::{
+        operation, operation_service_client::OperationServiceClient, GetOperationRequest, Operation,
+    },
+};
+use common::{flows::*, ServerOptions, TestServer};
+use tonic::{transport::Channel, Code};
+
+/// Starts `backstop agent` for [`INSTANCE`] with one disk.
+fn start_agent(server: &TestServer, dir: &Path, disk: &Path) -> Child {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"http://{}\"\ncompute_instance_id = \"{INSTANCE}\"\nfolder_id = \"{FOLDER}\"\n\
+             disks = [{{ name = \"vda\", path = \"{}\" }}]\n",
+            server.address,
+            disk.display()
+        ),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env("BACKSTOP_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start backstop agent")
+}
+
+/// Writes an image of random data that takes the agent a while to back up.
+fn random_image(path: &Path, size: usize) {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut data = vec![0u8; size];
+    for word in data.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+async fn get(channel: Channel, id: &str) -> Operation {
+    OperationServiceClient::new(channel)
+        .get(GetOperationRequest {
+            operation_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn backups_of_instance(channel: Channel) -> usize {
+    BackupServiceClient::new(channel)
+        .list(ListBackupsRequest {
+            id: Some(list_backups_request::Id::ComputeInstanceId(INSTANCE.into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .backups
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_fails_backup_and_next_backup_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.raw");
+    random_image(&disk, 384 << 20);
+    let server = TestServer::start_with(ServerOptions {
+        config: Some("heartbeat_timeout_s = 3\n".into()),
+        ..Default::default()
+    });
+    let channel = server.channel().await;
+    let mut agent = start_agent(&server, dir.path(), &disk);
+    wait_online(channel.clone()).await;
+    let policy_id = create_and_apply_policy(channel.clone()).await;
+
+    let mut policies = PolicyServiceClient::new(channel.clone());
+    let execute = || ExecuteRequest {
+        policy_id: policy_id.clone(),
+        compute_instance_id: INSTANCE.into(),
+    };
+    let started = policies.execute(execute()).await.unwrap().into_inner();
+
+    // Kill the agent once the backup has moved some data.
+    let mut progressed = false;
+    for _ in 0..400 {
+        let operation = get(channel.clone(), &started.id).await;
+        assert!(
+            !operation.done,
+            "the backup finished before the agent could be killed"
+        );
+        let metadata = operation.metadata.unwrap();
+        let progress = <backstop_proto::backup::ExecuteMetadata as prost::Message>::decode(
+            metadata.value.as_slice(),
+        )
+        .unwrap()
+        .progress_percentage;
+        if progress > 0.0 {
+            progressed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(progressed, "the backup never reported progress");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+
+    // The watchdog ends the operation once the heartbeat times out.
+    let killed_at = std::time::Instant::now();
+    let ended = loop {
+        let operation = get(channel.clone(), &started.id).await;
+        if operation.done {
+            break operation;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(20),
+            "the operation stayed running"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    match &ended.result {
+        Some(operation::Result::Error(status)) => {
+            assert_eq!(status.code, Code::Unavailable as i32);
+            assert!(status.message.contains("heartbeat"), "{}", status.message);
+        }
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    assert_eq!(
+        backups_of_instance(channel.clone()).await,
+        0,
+        "a failed backup leaves no record"
+    );
+
+    let offline = policies.execute(execute()).await.unwrap_err();
+    assert_eq!(offline.code(), Code::FailedPrecondition);
+
+    // Chunks stored before the kill are kept and reused by the next backup.
+    let stored_before = count_chunks(&server.data_dir);
+    assert!(stored_before > 0, "no chunk was stored before the kill");
+    let mut agent = start_agent(&server, dir.path(), &disk);
+    wait_online(channel.clone()).await;
+    execute_and_wait(channel.clone(), &policy_id).await;
+    let backup = BackupServiceClient::new(channel.clone())
+        .list(ListBackupsRequest {
+            id: Some(list_backups_request::Id::ComputeInstanceId(INSTANCE.into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .backups;
+    assert_eq!(backup.len(), 1);
+    assert_eq!(
+        count_chunks(&server.data_dir),
+        96,
+        "a 384 MiB random disk is 96 distinct chunks"
+    );
+    // Random data does not compress, so each new chunk stores 4 MiB plus a
+    // header of at most 64 bytes.
+    let new_chunks = 96 - stored_before as i64;
+    assert!(
+        backup[0].size <= new_chunks * ((4 << 20) + 64),
+        "the second backup stored {} bytes for {new_chunks} new chunks",
+        backup[0].size
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunk_fails_recovery_with_data_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.raw");
+    random_image(&disk, 24 << 20);
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(format!(
+            "[[instances]]\ncompute_instance_id = \"{INSTANCE}\"\nfolder_id = \"{FOLDER}\"\n\
+             disks = [{{ name = \"vda\", path = \"{}\" }}]\n",
+            disk.display()
+        )),
+        ..Default::default()
+    });
+    let channel = server.channel().await;
+    wait_online(channel.clone()).await;
+    let policy_id = create_and_apply_policy(channel.clone()).await;
+    execute_and_wait(channel.clone(), &policy_id).await;
+    let backup_id = BackupServiceClient::new(channel.clone())
+        .list(ListBackupsRequest {
+            id: Some(list_backups_request::Id::ComputeInstanceId(INSTANCE.into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .backups[0]
+        .id
+        .clone();
+
+    // Flip a byte in the middle of every stored chunk, and make the disk
+    // differ from the backup so the recovery must read chunks.
+    for fanout in std::fs::read_dir(server.data_dir.join("repository/chunks")).unwrap() {
+        for entry in std::fs::read_dir(fanout.unwrap().path()).unwrap() {
+            let path = entry.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    std::fs::write(&disk, vec![7u8; 24 << 20]).unwrap();
+    let damaged = std::fs::read(&disk).unwrap();
+
+    let started = BackupServiceClient::new(channel.clone())
+        .start_recovery(StartRecoveryRequest {
+            compute_instance_id: INSTANCE.into(),
+            backup_id: backup_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = loop {
+        let operation = get(channel.clone(), &started.id).await;
+        if operation.done {
+            break operation;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    match &ended.result {
+        Some(operation::Result::Error(status)) => {
+            assert_eq!(status.code, Code::DataLoss as i32, "{}", status.message);
+            assert!(status.message.contains(&backup_id), "{}", status.message);
+            assert!(status.message.contains("vda"), "{}", status.message);
+            assert!(status.message.contains("offset"), "{}", status.message);
+        }
+        other => panic!("expected DATA_LOSS, got {other:?}"),
+    }
+    assert!(
+        std::fs::read(&disk).unwrap() == damaged,
+        "nothing unverified was written"
+    );
+}
