@@ -25,6 +25,10 @@ use crate::{remote::Client, AgentConfig, RemoteBackend};
 /// How long one PollTask call waits on the server.
 const POLL_WAIT_MS: i64 = 10_000;
 
+/// Attempts to report a task's end while the server is unavailable; with
+/// the backoff capped at 5 s this covers about five minutes.
+const COMPLETE_ATTEMPTS: usize = 64;
+
 /// Least time between two progress reports of one task.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -128,17 +132,7 @@ pub async fn run_agent(
                     message: failure.message,
                 })
             });
-            if let Err(status) = client
-                .clone()
-                .complete_task(CompleteTaskRequest {
-                    compute_instance_id: instance.clone(),
-                    task_id: task.task_id,
-                    result: Some(result),
-                })
-                .await
-            {
-                tracing::error!(task_id = task.task_id, error = %status, "cannot report the end of a task");
-            }
+            complete_task(&client, &instance, task.task_id, result).await;
         }
         #[allow(unreachable_code)]
         Ok::<(), anyhow::Error>(())
@@ -149,6 +143,40 @@ pub async fn run_agent(
     }
     heartbeats.abort();
     Ok(())
+}
+
+/// Reports the end of a task, retrying while the server is unavailable,
+/// so a server restart does not lose a finished backup or recovery.
+async fn complete_task(
+    client: &Client,
+    instance: &str,
+    task_id: i64,
+    result: complete_task_request::Result,
+) {
+    let mut delay = Duration::from_millis(200);
+    for _ in 0..COMPLETE_ATTEMPTS {
+        let request = CompleteTaskRequest {
+            compute_instance_id: instance.to_owned(),
+            task_id,
+            result: Some(result.clone()),
+        };
+        match client.clone().complete_task(request).await {
+            Ok(_) => return,
+            Err(status) if status.code() == Code::Unavailable => {
+                tracing::warn!(task_id, error = %status, "server unavailable; retrying the task report");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(status) => {
+                tracing::error!(task_id, error = %status, "the server rejected the task report");
+                return;
+            }
+        }
+    }
+    tracing::error!(
+        task_id,
+        "gave up reporting the end of a task; the server will time it out"
+    );
 }
 
 async fn connect(config: &AgentConfig) -> anyhow::Result<Client> {

@@ -126,6 +126,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// Moves the instance's oldest enqueued task to `Assigned` and returns it.
     async fn claim_next_task(&self, compute_instance_id: &str) -> Result<Option<Task>>;
 
+    /// Puts an unfinished task back in the queue with a new payload, for an
+    /// agent that restarted while it ran the task.
+    async fn requeue_task(&self, id: i64, payload: &str) -> Result<Task>;
+
     /// Records progress of an unfinished task and marks it started.
     async fn update_task_progress(&self, id: i64, current: i64, total: i64) -> Result<Task>;
 

@@ -516,6 +516,10 @@ impl Catalog for SqliteCatalog {
         sqlite_tasks::claim_next_task(&self.pool, compute_instance_id).await
     }
 
+    async fn requeue_task(&self, id: i64, payload: &str) -> Result<Task> {
+        sqlite_tasks::requeue_task(&self.pool, id, payload).await
+    }
+
     async fn update_task_progress(&self, id: i64, current: i64, total: i64) -> Result<Task> {
         sqlite_tasks::update_task_progress(&self.pool, id, current, total).await
     }

@@ -169,6 +169,20 @@ pub(crate) async fn claim_next_task(pool: &SqlitePool, instance: &str) -> Result
     row.as_ref().map(task_from_row).transpose()
 }
 
+pub(crate) async fn requeue_task(pool: &SqlitePool, id: i64, payload: &str) -> Result<Task> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query(&format!(
+        "UPDATE tasks SET status = ?, payload = ?, updated_at = ? WHERE id = ? AND status IN {ACTIVE}"
+    ))
+    .bind(TaskStatus::Enqueued as i32)
+    .bind(payload)
+    .bind(micros(now()))
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    fetch_task(&mut conn, id).await
+}
+
 pub(crate) async fn update_task_progress(
     pool: &SqlitePool,
     id: i64,

@@ -154,6 +154,37 @@ impl AgentHub {
         }
     }
 
+    /// Puts back in the queue the task a previous run of this instance's
+    /// agent was running when it stopped: a recovery resumes from its last
+    /// reported position, a backup starts again and reuses the chunks it
+    /// already stored.
+    async fn requeue_interrupted(&self, instance: &str) -> Result<(), ApiError> {
+        let Some(task) = self.catalog.active_task(instance).await? else {
+            return Ok(());
+        };
+        if task.status == backstop_catalog::TaskStatus::Enqueued {
+            return Ok(());
+        }
+        let payload = match TaskPayload::from_json(&task.payload)? {
+            TaskPayload::Recovery(mut recovery) => {
+                recovery.resume_offset = task.progress_current;
+                TaskPayload::Recovery(recovery)
+            }
+            backup => backup,
+        };
+        self.catalog
+            .requeue_task(task.id, &payload.to_json())
+            .await?;
+        tracing::warn!(
+            task_id = task.id,
+            operation_id = %task.operation_id,
+            resume_offset = task.progress_current,
+            "the agent restarted during a task; the task is queued again"
+        );
+        self.task_enqueued.notify_waiters();
+        Ok(())
+    }
+
     async fn task_for(&self, instance: &str, task_id: i64) -> Result<Task, Status> {
         let task = self
             .catalog
@@ -353,6 +384,9 @@ impl AgentService for AgentApi {
             )
             .await
             .map_err(ApiError::from)?;
+        self.0
+            .requeue_interrupted(&resource.compute_instance_id)
+            .await?;
         Ok(Response::new(pb::RegisterResponse {
             compute_instance_id: resource.compute_instance_id,
             resource_id: resource.resource_id,

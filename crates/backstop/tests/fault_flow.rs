@@ -13,10 +13,11 @@ use backstop_proto::{
     backup::{
         backup_service_client::BackupServiceClient, list_backups_request,
         policy_service_client::PolicyServiceClient, ExecuteRequest, ListBackupsRequest,
-        StartRecoveryRequest,
+        StartRecoveryMetadata, StartRecoveryRequest,
     },
     operation::{
-        operation, operation_service_client::OperationServiceClient, GetOperationRequest, Operation,
+        operation, operation_service_client::OperationServiceClient, CancelOperationRequest,
+        GetOperationRequest, Operation,
     },
 };
 use common::{flows::*, ServerOptions, TestServer};
@@ -260,4 +261,182 @@ async fn corrupt_chunk_fails_recovery_with_data_loss() {
         std::fs::read(&disk).unwrap() == damaged,
         "nothing unverified was written"
     );
+}
+
+fn local_instance_config(disk: &Path) -> String {
+    format!(
+        "heartbeat_timeout_s = 3\n\n[[instances]]\ncompute_instance_id = \"{INSTANCE}\"\nfolder_id = \"{FOLDER}\"\n\
+         disks = [{{ name = \"vda\", path = \"{}\" }}]\n",
+        disk.display()
+    )
+}
+
+/// Backs up a random disk, then blanks the disk so a recovery must write
+/// all of it; returns the backup id and the original bytes.
+async fn backed_up_then_blanked(channel: Channel, disk: &Path) -> (String, Vec<u8>) {
+    let policy_id = create_and_apply_policy(channel.clone()).await;
+    execute_and_wait(channel.clone(), &policy_id).await;
+    let backup_id = BackupServiceClient::new(channel)
+        .list(ListBackupsRequest {
+            id: Some(list_backups_request::Id::ComputeInstanceId(INSTANCE.into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .backups[0]
+        .id
+        .clone();
+    let original = std::fs::read(disk).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    file.set_len(0).unwrap();
+    file.set_len(original.len() as u64).unwrap();
+    (backup_id, original)
+}
+
+async fn recovery_progress(channel: Channel, id: &str) -> (bool, f64) {
+    let operation = get(channel, id).await;
+    let metadata = operation.metadata.unwrap();
+    let progress = <StartRecoveryMetadata as prost::Message>::decode(metadata.value.as_slice())
+        .unwrap()
+        .progress_percentage;
+    (operation.done, progress)
+}
+
+async fn wait_progress(channel: Channel, id: &str) {
+    for _ in 0..1000 {
+        let (done, progress) = recovery_progress(channel.clone(), id).await;
+        assert!(
+            !done,
+            "the recovery finished before the test could interrupt it"
+        );
+        if progress > 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the recovery never reported progress");
+}
+
+async fn wait_end(channel: Channel, id: &str) -> Operation {
+    for _ in 0..600 {
+        let operation = get(channel.clone(), id).await;
+        if operation.done {
+            return operation;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("operation {id} stayed running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_recovery_with_partial_restore_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.raw");
+    random_image(&disk, 384 << 20);
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(local_instance_config(&disk)),
+        ..Default::default()
+    });
+    let channel = server.channel().await;
+    wait_online(channel.clone()).await;
+    let (backup_id, original) = backed_up_then_blanked(channel.clone(), &disk).await;
+
+    let recover = || StartRecoveryRequest {
+        compute_instance_id: INSTANCE.into(),
+        backup_id: backup_id.clone(),
+    };
+    let started = BackupServiceClient::new(channel.clone())
+        .start_recovery(recover())
+        .await
+        .unwrap()
+        .into_inner();
+    wait_progress(channel.clone(), &started.id).await;
+    OperationServiceClient::new(channel.clone())
+        .cancel(CancelOperationRequest {
+            operation_id: started.id.clone(),
+        })
+        .await
+        .unwrap();
+    let ended = wait_end(channel.clone(), &started.id).await;
+    match &ended.result {
+        Some(operation::Result::Error(status)) => {
+            assert_eq!(status.code, Code::Cancelled as i32, "{}", status.message);
+            assert!(
+                status.message.contains("partial restore"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected CANCELLED, got {other:?}"),
+    }
+
+    // A new recovery completes the disk.
+    let again = BackupServiceClient::new(channel.clone())
+        .start_recovery(recover())
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = wait_end(channel.clone(), &again.id).await;
+    assert!(
+        matches!(ended.result, Some(operation::Result::Response(_))),
+        "{:?}",
+        ended.result
+    );
+    assert!(std::fs::read(&disk).unwrap() == original);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_crash_mid_recovery_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.raw");
+    random_image(&disk, 384 << 20);
+    let config = local_instance_config(&disk);
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(config.clone()),
+        ..Default::default()
+    });
+    let channel = server.channel().await;
+    wait_online(channel.clone()).await;
+    let (backup_id, original) = backed_up_then_blanked(channel.clone(), &disk).await;
+
+    let started = BackupServiceClient::new(channel.clone())
+        .start_recovery(StartRecoveryRequest {
+            compute_instance_id: INSTANCE.into(),
+            backup_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    wait_progress(channel.clone(), &started.id).await;
+    drop(channel);
+    let (data_dir, temp) = server.kill_keep_data();
+
+    // The restarted server's agent registers again and the task resumes.
+    let restarted = TestServer::start_with(ServerOptions {
+        data_dir: Some(data_dir),
+        config: Some(config),
+        ..Default::default()
+    });
+    let channel = restarted.channel().await;
+    let ended = wait_end(channel.clone(), &started.id).await;
+    assert!(
+        matches!(ended.result, Some(operation::Result::Response(_))),
+        "{:?}",
+        ended.result
+    );
+    assert!(
+        std::fs::read(&disk).unwrap() == original,
+        "the resumed recovery left the disk different"
+    );
+    let (_, progress) = recovery_progress(channel, &started.id).await;
+    assert_eq!(progress, 100.0);
+    assert!(
+        restarted.logs().iter().any(|line| line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("queued again"))),
+        "the task was not resumed"
+    );
+    drop(restarted);
+    drop(temp);
 }

@@ -165,6 +165,15 @@ impl TestServer {
         panic!("server did not exit within 10 s of SIGTERM");
     }
 
+    /// Kills the server with SIGKILL, as a crash would, and keeps its data
+    /// folder for a restart.
+    pub fn kill_keep_data(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
+        let mut child = self.child.take().expect("server still running");
+        child.kill().expect("kill server");
+        child.wait().expect("wait for server");
+        (self.data_dir.clone(), self._temp.take())
+    }
+
     /// Stops the server and keeps its data folder for a restart.
     pub fn stop_keep_data(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
         self.terminate();
