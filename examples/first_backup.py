@@ -20,7 +20,7 @@ from yandex.cloud.operation import operation_service_pb2 as op_pb, operation_ser
 
 
 def settings():
-    """A nightly, always-incremental policy kept for 14 days."""
+    """Return settings of a nightly, always-incremental policy kept for 14 days."""
     s = policy_pb2.PolicySettings
     retries = s.RetriesConfiguration(enabled=True, interval=s.Interval(type=s.Interval.MINUTES, count=5),
                                      max_attempts=3)

@@ -29,7 +29,7 @@ const POLL_WAIT_MS: i64 = 10_000;
 /// the backoff capped at 5 s this covers about five minutes.
 const COMPLETE_ATTEMPTS: usize = 64;
 
-/// Least time between two progress reports of one task.
+/// Minimum time between two progress reports of one task.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Largest agent API message; matches the server's limit.
@@ -299,7 +299,7 @@ pub(crate) fn engine_failure(error: backstop_engine::Error) -> TaskFailure {
 }
 
 /// Sends progress to the server at most every [`PROGRESS_INTERVAL`] and
-/// fires `cancel` when the server says the user cancelled.
+/// fires `cancel` when the server reports that the user cancelled.
 pub(crate) struct ProgressReporter {
     pub(crate) client: Client,
     pub(crate) instance: String,

@@ -10,7 +10,7 @@
 //! - [`Catalog::create_operation`] records an operation and its idempotency
 //!   key in one transaction, so a repeated key never yields a second
 //!   operation, even when two calls race.
-//! - A finished operation holds exactly one of an error (with a non-zero code)
+//! - A finished operation contains exactly one of an error (with a non-zero code)
 //!   and a response, and never changes again.
 //! - Every update of an operation moves `modified_at` forward.
 

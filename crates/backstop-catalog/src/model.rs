@@ -76,7 +76,7 @@ pub struct CreatedOperation {
     pub task: Option<Task>,
 }
 
-/// What the agent of an instance is doing.
+/// Activity of an instance's agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum ResourceStatus {
@@ -180,14 +180,14 @@ pub struct Archive {
     pub deleted: bool,
 }
 
-/// Which archives to list.
+/// Selector of an archive listing.
 #[derive(Clone, Debug)]
 pub enum ArchiveScope {
     Folder(String),
     Instance(String),
 }
 
-/// Whether a backup holds all data or only what changed since the last one.
+/// Kind of a backup: all data, or only what changed since the last one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum BackupType {
@@ -246,7 +246,7 @@ pub struct BackupQuery {
     pub page: PageRequest,
 }
 
-/// Which backups a listing covers; mirrors the `id` oneof of the request.
+/// Selector of a backup listing, mirroring the `id` oneof of the request.
 #[derive(Clone, Debug)]
 pub enum BackupSelector {
     Instance(String),
@@ -365,7 +365,7 @@ pub enum TaskType {
     RevokePolicy = 5,
 }
 
-/// Where a task stands; numbers match `Task.Status` of the API.
+/// State of a task; numbers match `Task.Status` of the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum TaskStatus {
@@ -376,7 +376,7 @@ pub enum TaskStatus {
     Completed = 5,
 }
 
-/// How a task ended; numbers match `Task.Code` of the API. `None` while it
+/// Outcome of a task; numbers match `Task.Code` of the API. `None` while it
 /// runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]

@@ -28,7 +28,7 @@ use crate::{
     ApiError,
 };
 
-/// Longest a PollTask call waits for a task.
+/// Maximum time a PollTask call waits for a task.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 
 /// How often the watchdog looks for silent agents.

@@ -17,7 +17,7 @@ use crate::{
 /// Chunk size of disk backups: 4 MiB, a common choice for VM images.
 const CHUNK_SIZE: u32 = 4 * 1024 * 1024;
 
-/// What [`start_backup`] backs up and under which policy.
+/// Instance and policy of a backup that [`start_backup`] starts.
 pub struct BackupRequest<'a> {
     pub method: &'a str,
     pub idempotency_key: Option<String>,
@@ -29,8 +29,7 @@ pub struct BackupRequest<'a> {
 }
 
 /// Checks that the instance can take a backup now and records the operation
-/// and its task; returns the operation, or the earlier one for a repeated
-/// idempotency key.
+/// with its task. A repeated idempotency key returns the earlier operation.
 pub async fn start_backup(
     ctx: &ApiContext,
     caller: &Caller,
