@@ -213,14 +213,17 @@ pub(crate) async fn finish_task(
     let mut conn = pool.acquire().await?;
     let at = micros(now());
     sqlx::query(&format!(
-        "UPDATE tasks SET status = ?, result_code = ?, error = ?, completed_at = ?, updated_at = ? \
-         WHERE id = ? AND status IN {ACTIVE}"
+        "UPDATE tasks SET status = ?, result_code = ?, error = ?, completed_at = ?, updated_at = ?, \
+         progress_current = CASE WHEN ? = {ok} THEN progress_total ELSE progress_current END \
+         WHERE id = ? AND status IN {ACTIVE}",
+        ok = TaskCode::Ok as i32
     ))
     .bind(TaskStatus::Completed as i32)
     .bind(code as i32)
     .bind(error)
     .bind(at)
     .bind(at)
+    .bind(code as i32)
     .bind(id)
     .execute(&mut *conn)
     .await?;

@@ -121,3 +121,25 @@ pub fn resource(r: &catalog::Resource) -> pb::Resource {
         }),
     }
 }
+
+pub fn task(t: &catalog::Task) -> pb::Task {
+    pb::Task {
+        id: t.id,
+        // Cancel works on the task's operation, through OperationService.
+        cancellable: t.status != catalog::TaskStatus::Completed,
+        policy_id: t.policy_id.clone(),
+        r#type: t.task_type as i32,
+        progress: Some(pb::Progress {
+            current: t.progress_current,
+            total: t.progress_total,
+        }),
+        status: t.status as i32,
+        enqueued_at: Some(timestamp(t.enqueued_at)),
+        started_at: t.started_at.map(timestamp),
+        updated_at: Some(timestamp(t.updated_at)),
+        completed_at: t.completed_at.map(timestamp),
+        compute_instance_id: t.compute_instance_id.clone(),
+        result_code: t.result_code as i32,
+        error: t.error.clone(),
+    }
+}

@@ -10,7 +10,7 @@ use backstop_proto::{
     backup::{
         backup_service_client::BackupServiceClient, list_backups_request,
         resource_service_client::ResourceServiceClient, GetResourceRequest, ListBackupsRequest,
-        StartRecoveryMetadata, StartRecoveryRequest,
+        ListTasksRequest, StartRecoveryMetadata, StartRecoveryRequest,
     },
     operation::operation,
 };
@@ -217,6 +217,25 @@ async fn recovery_rolls_back_changed_files() {
         .resource
         .unwrap();
     assert_eq!(resource.status, 1, "the resource is IDLE again");
+
+    let tasks = resources
+        .list_tasks(ListTasksRequest {
+            compute_instance_id: INSTANCE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 2, "one backup and one recovery task");
+    let recovery = &tasks[0];
+    assert_eq!(recovery.r#type, 3, "newest task is the RECOVERY");
+    assert_eq!(recovery.status, 5, "COMPLETED");
+    assert_eq!(recovery.result_code, 1, "OK");
+    let progress = recovery.progress.as_ref().unwrap();
+    assert_eq!(progress.total, (64 << 20) + (32 << 20));
+    assert_eq!(progress.current, progress.total);
+    assert_eq!(tasks[1].r#type, 1, "older task is the BACKUP");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

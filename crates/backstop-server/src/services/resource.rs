@@ -82,11 +82,34 @@ impl ResourceService for ResourceApi {
         Err(ApiError::Unimplemented("ResourceService.Delete is not implemented yet".into()).into())
     }
 
+    #[tracing::instrument(skip_all, fields(compute_instance_id = %request.get_ref().compute_instance_id))]
     async fn list_tasks(
         &self,
-        _request: Request<ListTasksRequest>,
+        request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        Err(ApiError::Unimplemented("ListTasks is not implemented yet".into()).into())
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        validate_request(&request)?;
+        let resource = self
+            .0
+            .catalog
+            .get_resource(&request.compute_instance_id)
+            .await
+            .map_err(ApiError::from)?;
+        caller.check_folder(&resource.folder_id)?;
+        let page = self
+            .0
+            .catalog
+            .list_tasks(
+                &request.compute_instance_id,
+                &page_request(request.page_size, &request.page_token),
+            )
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ListTasksResponse {
+            tasks: page.items.iter().map(convert::task).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
     }
 
     async fn list_directory(
