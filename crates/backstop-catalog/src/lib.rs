@@ -140,6 +140,15 @@ pub trait Catalog: Send + Sync + 'static {
     async fn list_tasks(&self, compute_instance_id: &str, page: &PageRequest)
         -> Result<Page<Task>>;
 
+    /// Lists every task that is enqueued or running, oldest first.
+    async fn list_active_tasks(&self) -> Result<Vec<Task>>;
+
+    /// Marks a backup deleted; listings skip it from then on.
+    async fn mark_backup_deleted(&self, id: &str) -> Result<()>;
+
+    /// Marks an archive and all its backups deleted in one transaction.
+    async fn mark_archive_deleted(&self, id: &str) -> Result<()>;
+
     /// Records a finished backup and the archive it joins in one transaction.
     async fn record_backup(&self, archive: &Archive, backup: &Backup) -> Result<()>;
 

@@ -536,6 +536,18 @@ impl Catalog for SqliteCatalog {
         sqlite_tasks::list_tasks(&self.pool, compute_instance_id, page).await
     }
 
+    async fn list_active_tasks(&self) -> Result<Vec<Task>> {
+        sqlite_tasks::list_active_tasks(&self.pool).await
+    }
+
+    async fn mark_backup_deleted(&self, id: &str) -> Result<()> {
+        sqlite_tasks::mark_backup_deleted(&self.pool, id).await
+    }
+
+    async fn mark_archive_deleted(&self, id: &str) -> Result<()> {
+        sqlite_tasks::mark_archive_deleted(&self.pool, id).await
+    }
+
     async fn record_backup(&self, archive: &Archive, backup: &Backup) -> Result<()> {
         sqlite_tasks::record_backup(&self.pool, archive, backup).await
     }

@@ -262,6 +262,44 @@ pub(crate) async fn list_tasks(
     Ok(paginate(items, page.size, |t| format!("0.{}", t.id)))
 }
 
+pub(crate) async fn list_active_tasks(pool: &SqlitePool) -> Result<Vec<Task>> {
+    let rows = sqlx::query(&format!(
+        "SELECT * FROM tasks WHERE status IN {ACTIVE} ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(task_from_row).collect()
+}
+
+pub(crate) async fn mark_backup_deleted(pool: &SqlitePool, id: &str) -> Result<()> {
+    let done = sqlx::query("UPDATE backups SET deleted = 1 WHERE id = ?")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(CatalogError::not_found("backup", id));
+    }
+    Ok(())
+}
+
+pub(crate) async fn mark_archive_deleted(pool: &SqlitePool, id: &str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query("UPDATE archives SET deleted = 1, updated_at = ? WHERE id = ?")
+        .bind(micros(now()))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(CatalogError::not_found("archive", id));
+    }
+    sqlx::query("UPDATE backups SET deleted = 1 WHERE archive_id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 pub(crate) async fn record_backup(
     pool: &SqlitePool,
     archive: &Archive,

@@ -28,6 +28,10 @@ pub struct ServerConfig {
     /// and its running task fails with UNAVAILABLE.
     #[serde(default = "default_heartbeat_timeout_s")]
     pub heartbeat_timeout_s: u64,
+    /// Seconds a newly written chunk is safe from garbage collection, so a
+    /// backup that starts during a collection keeps the chunks it reuses.
+    #[serde(default = "default_gc_grace_period_s")]
+    pub gc_grace_period_s: u64,
     /// Instances on this host whose agents the server runs in its own
     /// process; they still talk to it through the agent API.
     #[serde(default)]
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             heartbeat_timeout_s: default_heartbeat_timeout_s(),
             instances: Vec::new(),
+            gc_grace_period_s: default_gc_grace_period_s(),
         }
     }
 }
@@ -166,6 +171,10 @@ impl ServerConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9000))
+}
+
+fn default_gc_grace_period_s() -> u64 {
+    crate::deletion::DEFAULT_GC_GRACE.as_secs()
 }
 
 fn default_heartbeat_timeout_s() -> u64 {

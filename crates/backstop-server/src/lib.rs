@@ -9,6 +9,7 @@ mod auth;
 mod backups;
 mod config;
 mod convert;
+mod deletion;
 mod error;
 mod layer;
 mod operations;
@@ -90,7 +91,8 @@ pub async fn serve_with_ready(
     }
     tokio::spawn(expire_idempotency_keys(catalog.clone()));
 
-    let backend = open_repository(&config.data_dir).await?;
+    let repository = open_repository(&config.data_dir).await?;
+    let backend = repository.backend().clone();
     let hub = Arc::new(agents::AgentHub {
         catalog: catalog.clone(),
         operations: operations.clone(),
@@ -121,6 +123,8 @@ pub async fn serve_with_ready(
         catalog,
         operations,
         agents: hub.clone(),
+        repository,
+        gc_grace_period: Duration::from_secs(config.gc_grace_period_s),
         advertised_address: advertised_address.clone(),
     };
 
@@ -249,30 +253,30 @@ fn agent_service(hub: Arc<agents::AgentHub>) -> AgentServiceServer<agents::Agent
 }
 
 /// Opens the repository under `data_dir/repository`, creating an
-/// unencrypted one on first start, and returns its storage backend.
+/// unencrypted one on first start.
 async fn open_repository(
     data_dir: &std::path::Path,
-) -> anyhow::Result<Arc<dyn backstop_chunkstore::Backend>> {
+) -> anyhow::Result<backstop_chunkstore::Repository> {
     use backstop_chunkstore::{Credentials, LocalBackend, Repository, RepositoryOptions};
 
     let path = data_dir.join("repository");
     std::fs::create_dir_all(&path)
         .with_context(|| format!("cannot create repository folder {}", path.display()))?;
     let backend: Arc<dyn backstop_chunkstore::Backend> = Arc::new(LocalBackend::new(&path));
+    // NOTE: the server opens unencrypted repositories only; encryption
+    // settings in the server config are not built yet.
     match Repository::open(backend.clone(), &Credentials::None).await {
-        Ok(_) => {}
+        Ok(repository) => Ok(repository),
         Err(error) if error.is_not_found() => {
-            Repository::create(backend.clone(), RepositoryOptions::default())
+            let repository = Repository::create(backend.clone(), RepositoryOptions::default())
                 .await
                 .with_context(|| format!("cannot create the repository in {}", path.display()))?;
             tracing::info!(path = %path.display(), "created an unencrypted repository");
+            Ok(repository)
         }
-        Err(error) => {
-            return Err(anyhow::Error::from(error)
-                .context(format!("cannot open the repository in {}", path.display())))
-        }
+        Err(error) => Err(anyhow::Error::from(error)
+            .context(format!("cannot open the repository in {}", path.display()))),
     }
-    Ok(backend)
 }
 
 /// Deletes idempotency keys past their lifetime, once an hour.

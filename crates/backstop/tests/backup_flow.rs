@@ -9,7 +9,8 @@ use std::process::Command;
 use backstop_proto::backup::{
     backup_service_client::BackupServiceClient, list_archives_request, list_backups_request,
     policy_service_client::PolicyServiceClient, ApplyPolicyRequest, CreatePolicyMetadata,
-    CreatePolicyRequest, ExecuteRequest, ListArchivesRequest, ListBackupsRequest,
+    CreatePolicyRequest, DeleteArchiveRequest, DeleteBackupRequest, ExecuteRequest,
+    GetBackupRequest, ListArchivesRequest, ListBackupsRequest,
 };
 use common::{flows::*, ServerOptions, TestServer};
 use prost::Message;
@@ -182,4 +183,74 @@ async fn policy_execute_backs_up_real_disks() {
     assert_eq!(archives.len(), 1);
     assert_eq!(archives[0].backup_plan_id, policy_id);
     assert!(archives[0].last_backup_created_at.is_some());
+
+    // Deleting the full backup keeps every chunk the incremental one still
+    // references; deleting the archive then leaves no chunk behind.
+    let delete = |instance: &str, backup_id: &str| DeleteBackupRequest {
+        compute_instance_id: instance.into(),
+        backup_id: backup_id.into(),
+    };
+    let wrong_instance = backups
+        .delete(delete("other-vm", &full.id))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong_instance.code(), Code::NotFound);
+    let deleting = backups
+        .delete(delete(INSTANCE, &full.id))
+        .await
+        .unwrap()
+        .into_inner();
+    let deleted = wait_deleted(channel.clone(), &deleting.id).await;
+    assert_succeeded(&deleted);
+    let gone = backups
+        .get(GetBackupRequest {
+            backup_id: full.id.clone(),
+            folder_id: FOLDER.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    read_back(
+        &server.data_dir,
+        &incremental.id,
+        "vda",
+        &dir.path().join("vda.third"),
+    )
+    .await;
+    assert!(std::fs::read(dir.path().join("vda.third")).unwrap() == std::fs::read(&ext4).unwrap());
+
+    let deleting = backups
+        .delete_archive(DeleteArchiveRequest {
+            archive_id: archives[0].id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_succeeded(&wait_deleted(channel.clone(), &deleting.id).await);
+    assert_eq!(
+        count_chunks(&server.data_dir),
+        0,
+        "garbage collection left chunks of deleted backups"
+    );
+    assert!(list(&mut backups).await.is_empty());
+}
+
+async fn wait_deleted(channel: Channel, id: &str) -> backstop_proto::operation::Operation {
+    let mut operations =
+        backstop_proto::operation::operation_service_client::OperationServiceClient::new(channel);
+    for _ in 0..200 {
+        let operation = operations
+            .get(backstop_proto::operation::GetOperationRequest {
+                operation_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if operation.done {
+            return operation;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("deletion {id} did not finish");
 }

@@ -223,18 +223,38 @@ impl BackupService for BackupApi {
         .into())
     }
 
+    #[tracing::instrument(skip_all, fields(backup_id = %request.get_ref().backup_id))]
     async fn delete(
         &self,
-        _request: Request<DeleteBackupRequest>,
+        request: Request<DeleteBackupRequest>,
     ) -> Result<Response<Operation>, Status> {
-        Err(ApiError::Unimplemented("Delete is not implemented yet".into()).into())
+        let caller = caller(&request)?;
+        let key = super::idempotency_key(&request);
+        let request = request.into_inner();
+        validate_request(&request)?;
+        let operation = crate::deletion::delete_backup(
+            &self.0,
+            &caller,
+            key,
+            &request.compute_instance_id,
+            &request.backup_id,
+        )
+        .await?;
+        Ok(Response::new(crate::operations::to_proto(&operation)))
     }
 
+    #[tracing::instrument(skip_all, fields(archive_id = %request.get_ref().archive_id))]
     async fn delete_archive(
         &self,
-        _request: Request<DeleteArchiveRequest>,
+        request: Request<DeleteArchiveRequest>,
     ) -> Result<Response<Operation>, Status> {
-        Err(ApiError::Unimplemented("DeleteArchive is not implemented yet".into()).into())
+        let caller = caller(&request)?;
+        let key = super::idempotency_key(&request);
+        let request = request.into_inner();
+        validate_request(&request)?;
+        let operation =
+            crate::deletion::delete_archive(&self.0, &caller, key, &request.archive_id).await?;
+        Ok(Response::new(crate::operations::to_proto(&operation)))
     }
 }
 

@@ -26,6 +26,10 @@ pub struct ApiContext {
     pub operations: Arc<OperationRegistry>,
     /// Agent tasks: handlers that enqueue one wake the agents' polls here.
     pub agents: Arc<crate::agents::AgentHub>,
+    /// The repository, for manifest removal and garbage collection.
+    pub repository: backstop_chunkstore::Repository,
+    /// Chunks written this recently survive garbage collection.
+    pub gc_grace_period: std::time::Duration,
     /// The `host:port` that endpoint discovery hands to clients.
     pub advertised_address: String,
 }

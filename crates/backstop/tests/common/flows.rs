@@ -162,7 +162,7 @@ pub fn build_disks(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 
 pub fn server_config(ext4: &Path, gpt: &Path) -> String {
     format!(
-        "heartbeat_timeout_s = 5\n\n[[instances]]\ncompute_instance_id = \"{INSTANCE}\"\nfolder_id = \"{FOLDER}\"\n\
+        "heartbeat_timeout_s = 5\ngc_grace_period_s = 0\n\n[[instances]]\ncompute_instance_id = \"{INSTANCE}\"\nfolder_id = \"{FOLDER}\"\n\
          disks = [{{ name = \"vda\", path = \"{}\" }}, {{ name = \"vdb\", path = \"{}\" }}]\n",
         ext4.display(),
         gpt.display()
