@@ -32,6 +32,10 @@ pub struct ServerConfig {
     /// backup that starts during a collection keeps the chunks it reuses.
     #[serde(default = "default_gc_grace_period_s")]
     pub gc_grace_period_s: u64,
+    /// Hours between verifications of the whole repository; 0 turns the
+    /// job off.
+    #[serde(default = "default_verify_interval_h")]
+    pub verify_interval_h: u64,
     /// Instances on this host whose agents the server runs in its own
     /// process; they still talk to it through the agent API.
     #[serde(default)]
@@ -88,6 +92,7 @@ impl Default for ServerConfig {
             heartbeat_timeout_s: default_heartbeat_timeout_s(),
             instances: Vec::new(),
             gc_grace_period_s: default_gc_grace_period_s(),
+            verify_interval_h: default_verify_interval_h(),
         }
     }
 }
@@ -171,6 +176,10 @@ impl ServerConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9000))
+}
+
+fn default_verify_interval_h() -> u64 {
+    24
 }
 
 fn default_gc_grace_period_s() -> u64 {

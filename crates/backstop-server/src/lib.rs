@@ -17,6 +17,7 @@ mod recoveries;
 mod services;
 mod tasks;
 mod validate;
+mod verify;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -39,6 +40,7 @@ pub use auth::{AuthMode, Caller, TokenConfig};
 pub use config::{AuthConfig, LocalDiskConfig, LocalInstanceConfig, ServerConfig, TlsConfig};
 pub use error::ApiError;
 pub use operations::{CancellationSignal, OperationRegistry};
+pub use verify::{verify_data_dir, verify_repository, DamagedChunk, VerifyOutcome};
 
 /// How long an idempotency key keeps returning its operation.
 const IDEMPOTENCY_KEY_LIFETIME: Duration = Duration::from_secs(48 * 3600);
@@ -101,6 +103,12 @@ pub async fn serve_with_ready(
         heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout_s),
     });
     tokio::spawn(hub.clone().run_watchdog());
+    if config.verify_interval_h > 0 {
+        tokio::spawn(verify_periodically(
+            repository.clone(),
+            Duration::from_secs(config.verify_interval_h * 3600),
+        ));
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -254,7 +262,7 @@ fn agent_service(hub: Arc<agents::AgentHub>) -> AgentServiceServer<agents::Agent
 
 /// Opens the repository under `data_dir/repository`, creating an
 /// unencrypted one on first start.
-async fn open_repository(
+pub(crate) async fn open_repository(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<backstop_chunkstore::Repository> {
     use backstop_chunkstore::{Credentials, LocalBackend, Repository, RepositoryOptions};
@@ -276,6 +284,31 @@ async fn open_repository(
         }
         Err(error) => Err(anyhow::Error::from(error)
             .context(format!("cannot open the repository in {}", path.display()))),
+    }
+}
+
+/// Verifies the repository every `interval` and logs what it finds.
+async fn verify_periodically(repository: backstop_chunkstore::Repository, interval: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tick.tick().await;
+        match verify::verify_repository(&repository).await {
+            Ok(outcome) if outcome.is_clean() => {
+                tracing::info!(
+                    chunks = outcome.chunks_checked,
+                    backups = outcome.backups,
+                    "repository verified"
+                )
+            }
+            Ok(outcome) => {
+                for chunk in &outcome.damaged {
+                    let backups: Vec<&str> =
+                        chunk.used_by.iter().map(|u| u.backup_id.as_str()).collect();
+                    tracing::error!(digest = %chunk.digest, problem = %chunk.problem, backups = ?backups, "damaged chunk; run `backstop verify` for details");
+                }
+            }
+            Err(error) => tracing::error!(error = ?error, "repository verification failed"),
+        }
     }
 }
 

@@ -34,6 +34,16 @@ enum Command {
     Server(ServerArgs),
     /// Run an agent that serves one instance's disks to a server.
     Agent(AgentArgs),
+    /// Read every chunk the backups in a data folder need and check its
+    /// digest; exits with status 1 when a chunk is missing or corrupt.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Data folder of the server [default: ./backstop-data].
+    #[arg(long, env = "BACKSTOP_DATA_DIR", default_value = "backstop-data")]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -93,6 +103,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => runtime.block_on(run_server(args)),
         Command::Agent(args) => runtime.block_on(run_agent(args)),
+        Command::Verify(args) => {
+            let outcome = runtime.block_on(backstop_server::verify_data_dir(&args.data_dir))?;
+            print!("{}", outcome.render());
+            if !outcome.is_clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -184,6 +184,13 @@ async fn policy_execute_backs_up_real_disks() {
     assert_eq!(archives[0].backup_plan_id, policy_id);
     assert!(archives[0].last_backup_created_at.is_some());
 
+    let (code, report) = run_verify(&server.data_dir);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("of 2 backups") && report.contains("no problems found"),
+        "{report}"
+    );
+
     // Deleting the full backup keeps every chunk the incremental one still
     // references; deleting the archive then leaves no chunk behind.
     let delete = |instance: &str, backup_id: &str| DeleteBackupRequest {

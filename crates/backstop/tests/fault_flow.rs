@@ -230,6 +230,14 @@ async fn corrupt_chunk_fails_recovery_with_data_loss() {
             std::fs::write(&path, bytes).unwrap();
         }
     }
+    let (code, report) = run_verify(&server.data_dir);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("corrupt"), "{report}");
+    assert!(
+        report.contains(&format!("needed by backup {backup_id} disk `vda`")),
+        "{report}"
+    );
+
     std::fs::write(&disk, vec![7u8; 24 << 20]).unwrap();
     let damaged = std::fs::read(&disk).unwrap();
 

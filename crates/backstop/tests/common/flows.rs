@@ -328,3 +328,17 @@ pub async fn execute_and_wait(channel: Channel, policy_id: &str) -> Operation {
     assert_succeeded(&done);
     done
 }
+
+/// Runs `backstop verify` on a data folder; returns its exit code and output.
+pub fn run_verify(data_dir: &Path) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["verify", "--data-dir"])
+        .arg(data_dir)
+        .env("BACKSTOP_LOG", "warn")
+        .output()
+        .expect("run backstop verify");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
