@@ -25,12 +25,17 @@ use tonic::{transport::Channel, Code};
 
 /// Starts `backstop agent` for [`INSTANCE`] with one disk.
 fn start_agent(server: &TestServer, dir: &Path, disk: &Path) -> Child {
+    start_agent_with(server, dir, disk, "")
+}
+
+/// Starts `backstop agent` with extra TOML appended to its configuration.
+fn start_agent_with(server: &TestServer, dir: &Path, disk: &Path, extra: &str) -> Child {
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
             "server = \"http://{}\"\ncompute_instance_id = \"{INSTANCE}\"\nfolder_id = \"{FOLDER}\"\n\
-             disks = [{{ name = \"vda\", path = \"{}\" }}]\n",
+             disks = [{{ name = \"vda\", path = \"{}\" }}]\n{extra}",
             server.address,
             disk.display()
         ),
@@ -296,9 +301,14 @@ async fn backed_up_then_blanked(channel: Channel, disk: &Path) -> (String, Vec<u
         .id
         .clone();
     let original = std::fs::read(disk).unwrap();
-    let file = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
-    file.set_len(0).unwrap();
-    file.set_len(original.len() as u64).unwrap();
+    // Overwrite in place: truncating would let an agent heartbeat report the
+    // disk as empty in between.
+    let mut file = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    let zeros = vec![0u8; 4 << 20];
+    for _ in 0..original.len() / zeros.len() {
+        std::io::Write::write_all(&mut file, &zeros).unwrap();
+    }
+    file.sync_all().unwrap();
     (backup_id, original)
 }
 
@@ -447,4 +457,85 @@ async fn server_crash_mid_recovery_resumes_it() {
     );
     drop(restarted);
     drop(temp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_hooks_run_and_failing_hook_fails_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.raw");
+    random_image(&disk, 16 << 20);
+    let server = TestServer::start_with(ServerOptions {
+        config: Some("heartbeat_timeout_s = 3\n".into()),
+        ..Default::default()
+    });
+    let channel = server.channel().await;
+    let before = dir.path().join("stopped");
+    let after = dir.path().join("started");
+    let hooks = format!(
+        "verify_after_restore = true\n\n[hooks]\npre_recovery = [\"touch\", \"{}\"]\npost_recovery = [\"touch\", \"{}\"]\n",
+        before.display(),
+        after.display()
+    );
+    let mut agent = start_agent_with(&server, dir.path(), &disk, &hooks);
+    wait_online(channel.clone()).await;
+    let (backup_id, original) = backed_up_then_blanked(channel.clone(), &disk).await;
+    let recover = || StartRecoveryRequest {
+        compute_instance_id: INSTANCE.into(),
+        backup_id: backup_id.clone(),
+    };
+
+    let started = BackupServiceClient::new(channel.clone())
+        .start_recovery(recover())
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = wait_end(channel.clone(), &started.id).await;
+    assert!(
+        matches!(ended.result, Some(operation::Result::Response(_))),
+        "{:?}",
+        ended.result
+    );
+    assert!(before.exists(), "the pre-recovery hook did not run");
+    assert!(after.exists(), "the post-recovery hook did not run");
+    assert!(std::fs::read(&disk).unwrap() == original);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+
+    // An agent whose pre-recovery hook fails writes nothing.
+    let failing =
+        "[hooks]\npre_recovery = [\"sh\", \"-c\", \"echo vm still running >&2; exit 3\"]\n";
+    let mut agent = start_agent_with(&server, dir.path(), &disk, failing);
+    wait_online(channel.clone()).await;
+    let mut file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::io::Write::write_all(&mut file, &vec![0u8; 16 << 20]).unwrap();
+    drop(file);
+    let started = BackupServiceClient::new(channel.clone())
+        .start_recovery(recover())
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = wait_end(channel.clone(), &started.id).await;
+    match &ended.result {
+        Some(operation::Result::Error(status)) => {
+            assert_eq!(
+                status.code,
+                Code::FailedPrecondition as i32,
+                "{}",
+                status.message
+            );
+            assert!(
+                status.message.contains("pre-recovery hook"),
+                "{}",
+                status.message
+            );
+            assert!(status.message.contains("status 3"), "{}", status.message);
+        }
+        other => panic!("expected the hook to fail the recovery, got {other:?}"),
+    }
+    assert!(
+        std::fs::read(&disk).unwrap().iter().all(|b| *b == 0),
+        "a recovery wrote after its hook failed"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
 }

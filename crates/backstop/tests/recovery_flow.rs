@@ -341,3 +341,151 @@ async fn recovery_rejects_bad_requests_before_any_operation() {
     assert_eq!(unknown_instance.code(), Code::NotFound);
     assert!(unknown_instance.message().contains("no-such-vm"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_into_foreign_folder_is_permission_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ext4, gpt) = build_disks(dir.path());
+    // The first token is the one the server's own agents use.
+    let config = format!(
+        "{}\n[auth]\nmode = \"tokens\"\n\n[[auth.tokens]]\ntoken = \"agents-and-admins\"\nsubject = \"admin\"\n\
+         folders = [\"*\"]\n\n[[auth.tokens]]\ntoken = \"other-team-token\"\nsubject = \"other\"\n\
+         folders = [\"folder-b\"]\n",
+        server_config(&ext4, &gpt)
+    );
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(config),
+        ..Default::default()
+    });
+    let channel = server.channel().await;
+    let admin =
+        |request: StartRecoveryRequest, token: &str| with_metadata(request, Some(token), &[]);
+
+    let mut backups = BackupServiceClient::new(channel.clone());
+    let denied = backups
+        .start_recovery(admin(recover("any-backup", INSTANCE), "other-team-token"))
+        .await
+        .unwrap_err();
+    // The backup does not exist, and the caller may not see the instance's
+    // folder either; existence is checked first.
+    assert_eq!(denied.code(), Code::NotFound);
+
+    let unauthenticated = backups
+        .start_recovery(recover("any-backup", INSTANCE))
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+
+    // Back up with the admin token, then let the other team try to recover.
+    let mut resources = ResourceServiceClient::new(channel.clone());
+    for _ in 0..100 {
+        let response = resources
+            .get(with_metadata(
+                GetResourceRequest {
+                    compute_instance_id: INSTANCE.into(),
+                    include_tenant_info: false,
+                },
+                Some("agents-and-admins"),
+                &[],
+            ))
+            .await;
+        if response.is_ok_and(|r| r.into_inner().resource.is_some_and(|r| r.online)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let backup_id = write_backup_with_token(channel.clone(), "agents-and-admins").await;
+    let denied = backups
+        .start_recovery(admin(recover(&backup_id, INSTANCE), "other-team-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains(FOLDER), "{}", denied.message());
+}
+
+/// Creates, applies and executes a policy with a bearer token; returns the
+/// new backup's id.
+async fn write_backup_with_token(channel: Channel, token: &str) -> String {
+    use backstop_proto::backup::{
+        policy_service_client::PolicyServiceClient, ApplyPolicyRequest, CreatePolicyMetadata,
+        CreatePolicyRequest, ExecuteRequest,
+    };
+    let mut policies = PolicyServiceClient::new(channel.clone());
+    let created = policies
+        .create(with_metadata(
+            CreatePolicyRequest {
+                folder_id: FOLDER.into(),
+                name: "nightly".into(),
+                settings: Some(nightly_settings()),
+            },
+            Some(token),
+            &[],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let policy_id = CreatePolicyMetadata::decode(created.metadata.unwrap().value.as_slice())
+        .unwrap()
+        .policy_id;
+    policies
+        .apply(with_metadata(
+            ApplyPolicyRequest {
+                policy_id: policy_id.clone(),
+                compute_instance_id: INSTANCE.into(),
+            },
+            Some(token),
+            &[],
+        ))
+        .await
+        .unwrap();
+    let started = policies
+        .execute(with_metadata(
+            ExecuteRequest {
+                policy_id,
+                compute_instance_id: INSTANCE.into(),
+            },
+            Some(token),
+            &[],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut operations =
+        backstop_proto::operation::operation_service_client::OperationServiceClient::new(
+            channel.clone(),
+        );
+    for _ in 0..600 {
+        let operation = operations
+            .get(with_metadata(
+                backstop_proto::operation::GetOperationRequest {
+                    operation_id: started.id.clone(),
+                },
+                Some(token),
+                &[],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if operation.done {
+            assert_succeeded(&operation);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut backups = BackupServiceClient::new(channel);
+    backups
+        .list(with_metadata(
+            ListBackupsRequest {
+                id: Some(list_backups_request::Id::ComputeInstanceId(INSTANCE.into())),
+                ..Default::default()
+            },
+            Some(token),
+            &[],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .backups[0]
+        .id
+        .clone()
+}
