@@ -19,9 +19,14 @@ pub struct AgentConfig {
     pub tls_ca: Option<PathBuf>,
     /// The instance this agent serves.
     pub compute_instance_id: String,
-    /// Folder of the instance, needed when it registers for the first time.
+    /// Folder of the instance, needed when it registers for the first time
+    /// without a registration token.
     #[serde(default)]
     pub folder_id: String,
+    /// Token from `ResourceService.GetInstanceRegistrationToken`; registers
+    /// the instance in the token's folder.
+    #[serde(default)]
+    pub registration_token: Option<String>,
     /// The instance's disks, in the order backups list them.
     pub disks: Vec<DiskConfig>,
     /// Folders for file-level backups, which later versions will use.

@@ -229,7 +229,7 @@ async fn register(
             .clone()
             .register(RegisterRequest {
                 compute_instance_id: config.compute_instance_id.clone(),
-                registration_token: String::new(),
+                registration_token: config.registration_token.clone().unwrap_or_default(),
                 folder_id: config.folder_id.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 hostname: String::new(),

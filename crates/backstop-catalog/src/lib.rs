@@ -140,6 +140,10 @@ pub trait Catalog: Send + Sync + 'static {
     async fn list_tasks(&self, compute_instance_id: &str, page: &PageRequest)
         -> Result<Page<Task>>;
 
+    async fn insert_registration_token(&self, token: &RegistrationToken) -> Result<()>;
+
+    async fn get_registration_token(&self, id: &str) -> Result<RegistrationToken>;
+
     /// Lists every task that is enqueued or running, oldest first.
     async fn list_active_tasks(&self) -> Result<Vec<Task>>;
 

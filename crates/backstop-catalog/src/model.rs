@@ -549,3 +549,13 @@ impl ApplicationStatus {
         })
     }
 }
+
+/// A token that lets an agent register a new instance in a folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationToken {
+    pub id: String,
+    pub folder_id: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}

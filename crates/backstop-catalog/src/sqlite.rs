@@ -536,6 +536,14 @@ impl Catalog for SqliteCatalog {
         sqlite_tasks::list_tasks(&self.pool, compute_instance_id, page).await
     }
 
+    async fn insert_registration_token(&self, token: &crate::RegistrationToken) -> Result<()> {
+        sqlite_tasks::insert_registration_token(&self.pool, token).await
+    }
+
+    async fn get_registration_token(&self, id: &str) -> Result<crate::RegistrationToken> {
+        sqlite_tasks::get_registration_token(&self.pool, id).await
+    }
+
     async fn list_active_tasks(&self) -> Result<Vec<Task>> {
         sqlite_tasks::list_active_tasks(&self.pool).await
     }

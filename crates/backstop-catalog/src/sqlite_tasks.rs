@@ -4,8 +4,8 @@ use sqlx::{sqlite::SqliteRow, Row, SqliteConnection, SqlitePool};
 
 use crate::{
     sqlite::{from_micros, micros, now, opt_from_micros, paginate, parse_page_token},
-    Archive, Backup, CatalogError, InstanceDisk, NewTask, Page, PageRequest, ResourceStatus,
-    Result, Task, TaskCode, TaskStatus, TaskType, Timestamp,
+    Archive, Backup, CatalogError, InstanceDisk, NewTask, Page, PageRequest, RegistrationToken,
+    ResourceStatus, Result, Task, TaskCode, TaskStatus, TaskType, Timestamp,
 };
 
 /// Statuses of a task that is not finished.
@@ -260,6 +260,41 @@ pub(crate) async fn list_tasks(
     };
     let items = rows.iter().map(task_from_row).collect::<Result<Vec<_>>>()?;
     Ok(paginate(items, page.size, |t| format!("0.{}", t.id)))
+}
+
+pub(crate) async fn insert_registration_token(
+    pool: &SqlitePool,
+    token: &RegistrationToken,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO registration_tokens (id, folder_id, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&token.id)
+    .bind(&token.folder_id)
+    .bind(&token.created_by)
+    .bind(micros(token.created_at))
+    .bind(micros(token.expires_at))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn get_registration_token(
+    pool: &SqlitePool,
+    id: &str,
+) -> Result<RegistrationToken> {
+    let row = sqlx::query("SELECT * FROM registration_tokens WHERE id = ?")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| CatalogError::not_found("registration token", id))?;
+    Ok(RegistrationToken {
+        id: row.try_get("id")?,
+        folder_id: row.try_get("folder_id")?,
+        created_by: row.try_get("created_by")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        expires_at: from_micros(row.try_get("expires_at")?)?,
+    })
 }
 
 pub(crate) async fn list_active_tasks(pool: &SqlitePool) -> Result<Vec<Task>> {

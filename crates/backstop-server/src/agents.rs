@@ -312,14 +312,53 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let caller = caller(&request)?;
         let request = request.into_inner();
+        let now = OffsetDateTime::now_utc();
+        let mut request = request;
+        if !request.registration_token.is_empty() {
+            let token =
+                match self
+                    .0
+                    .catalog
+                    .get_registration_token(&request.registration_token)
+                    .await
+                {
+                    Ok(token) => token,
+                    Err(CatalogError::NotFound { .. }) => return Err(ApiError::invalid_field(
+                        "registration_token",
+                        "unknown token; get one with ResourceService.GetInstanceRegistrationToken",
+                    )
+                    .into()),
+                    Err(error) => return Err(ApiError::from(error).into()),
+                };
+            if token.expires_at < now {
+                return Err(ApiError::invalid_field(
+                    "registration_token",
+                    "the token has expired; get a new one with ResourceService.GetInstanceRegistrationToken",
+                )
+                .into());
+            }
+            if !request.folder_id.is_empty() && request.folder_id != token.folder_id {
+                return Err(ApiError::invalid_field(
+                    "folder_id",
+                    format!(
+                        "the registration token is for folder {}, not {}",
+                        token.folder_id, request.folder_id
+                    ),
+                )
+                .into());
+            }
+            request.folder_id = token.folder_id;
+            if request.compute_instance_id.is_empty() {
+                request.compute_instance_id = backstop_catalog::new_api_id();
+            }
+        }
         if request.compute_instance_id.is_empty() {
             return Err(ApiError::invalid_field(
                 "compute_instance_id",
-                "required; registration tokens are not supported yet, so give the instance id",
+                "required unless a registration token is given",
             )
             .into());
         }
-        let now = OffsetDateTime::now_utc();
         let resource = match self
             .0
             .catalog

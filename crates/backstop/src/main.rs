@@ -159,6 +159,7 @@ fn local_agent_configs(config: &ServerConfig) -> Vec<backstop_agent::AgentConfig
             tls_ca: None,
             compute_instance_id: instance.compute_instance_id.clone(),
             folder_id: instance.folder_id.clone(),
+            registration_token: None,
             disks: instance
                 .disks
                 .iter()

@@ -539,3 +539,79 @@ async fn recovery_hooks_run_and_failing_hook_fails_it() {
     agent.kill().unwrap();
     agent.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_registers_with_registration_token() {
+    use backstop_proto::backup::{
+        resource_service_client::ResourceServiceClient, GetInstanceRegistrationTokenRequest,
+        GetResourceRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.raw");
+    random_image(&disk, 4 << 20);
+    let server = TestServer::start();
+    let channel = server.channel().await;
+    let mut resources = ResourceServiceClient::new(channel.clone());
+    let token = resources
+        .get_instance_registration_token(GetInstanceRegistrationTokenRequest {
+            folder_id: "folder-registered".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(token.instance_registration_id.len(), 40);
+    assert!(token.expired_at.is_some());
+
+    let write_config = |token: &str| {
+        let path = dir.path().join("agent-token.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "server = \"http://{}\"\ncompute_instance_id = \"token-vm\"\nregistration_token = \"{token}\"\n\
+                 disks = [{{ name = \"vda\", path = \"{}\" }}]\n",
+                server.address,
+                disk.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let rejected = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["agent", "--config"])
+        .arg(write_config("not-a-token"))
+        .output()
+        .unwrap();
+    assert!(!rejected.status.success());
+    assert!(String::from_utf8_lossy(&rejected.stderr).contains("unknown token"));
+
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["agent", "--config"])
+        .arg(write_config(&token.instance_registration_id))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut registered = None;
+    for _ in 0..100 {
+        if let Ok(response) = resources
+            .get(GetResourceRequest {
+                compute_instance_id: "token-vm".into(),
+                include_tenant_info: true,
+            })
+            .await
+        {
+            registered = response.into_inner().resource;
+            if registered.as_ref().is_some_and(|r| r.online) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resource = registered.expect("the agent registered its instance");
+    assert!(resource.online);
+    assert_eq!(resource.tenant_info.unwrap().folder_id, "folder-registered");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}

@@ -18,6 +18,9 @@ use crate::{convert, validate::validate_request, ApiError};
 
 pub struct ResourceApi(pub ApiContext);
 
+/// How long a registration token lets agents register instances.
+const REGISTRATION_TOKEN_LIFETIME: time::Duration = time::Duration::hours(24);
+
 #[tonic::async_trait]
 impl ResourceService for ResourceApi {
     #[tracing::instrument(skip_all, fields(folder_id = %request.get_ref().folder_id))]
@@ -133,13 +136,40 @@ impl ResourceService for ResourceApi {
         Err(ApiError::Unimplemented("ListOperations is not implemented yet".into()).into())
     }
 
+    /// Issues a token with which an agent registers a new instance in the
+    /// folder. The token is valid for [`REGISTRATION_TOKEN_LIFETIME`].
+    #[tracing::instrument(skip_all, fields(folder_id = %request.get_ref().folder_id))]
     async fn get_instance_registration_token(
         &self,
-        _request: Request<GetInstanceRegistrationTokenRequest>,
+        request: Request<GetInstanceRegistrationTokenRequest>,
     ) -> Result<Response<GetInstanceRegistrationTokenResponse>, Status> {
-        Err(
-            ApiError::Unimplemented("GetInstanceRegistrationToken is not implemented yet".into())
-                .into(),
-        )
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        validate_request(&request)?;
+        caller.check_folder(&request.folder_id)?;
+        let now = time::OffsetDateTime::now_utc();
+        let token = backstop_catalog::RegistrationToken {
+            // Two ids give 40 random characters, enough that tokens cannot
+            // be guessed.
+            id: format!(
+                "{}{}",
+                backstop_catalog::new_api_id(),
+                backstop_catalog::new_api_id()
+            ),
+            folder_id: request.folder_id,
+            created_by: caller.subject.clone(),
+            created_at: now,
+            expires_at: now + REGISTRATION_TOKEN_LIFETIME,
+        };
+        self.0
+            .catalog
+            .insert_registration_token(&token)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!("registration token issued");
+        Ok(Response::new(GetInstanceRegistrationTokenResponse {
+            instance_registration_id: token.id,
+            expired_at: Some(convert::timestamp(token.expires_at)),
+        }))
     }
 }
