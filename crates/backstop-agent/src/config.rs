@@ -32,6 +32,13 @@ pub struct AgentConfig {
     /// Folders for file-level backups, which later versions will use.
     #[serde(default)]
     pub file_roots: Vec<PathBuf>,
+    /// Key file of an encrypted repository, the same file the server uses.
+    #[serde(default)]
+    pub repository_key_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase of an encrypted
+    /// repository.
+    #[serde(default)]
+    pub repository_passphrase_env: Option<String>,
     /// Commands run around a recovery, e.g. to stop and start the VM.
     #[serde(default)]
     pub hooks: HooksConfig,
@@ -73,6 +80,24 @@ impl AgentConfig {
         toml::from_str(text)
     }
 
+    /// Returns the credentials that open the server's repository.
+    pub fn repository_credentials(&self) -> Result<backstop_chunkstore::Credentials, String> {
+        use backstop_chunkstore::{Credentials, Passphrase};
+        match (&self.repository_key_file, &self.repository_passphrase_env) {
+            (Some(_), Some(_)) => {
+                Err("set repository_key_file or repository_passphrase_env, not both".to_owned())
+            }
+            (Some(path), None) => Ok(Credentials::KeyFile(path.clone())),
+            (None, Some(name)) => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Ok(Credentials::Passphrase(Passphrase::new(value))),
+                _ => Err(format!(
+                    "repository_passphrase_env: environment variable {name} is unset or empty; export the passphrase"
+                )),
+            },
+            (None, None) => Ok(Credentials::None),
+        }
+    }
+
     /// Lists every problem of the configuration at once.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -84,6 +109,9 @@ impl AgentConfig {
         }
         if self.compute_instance_id.is_empty() {
             problems.push("compute_instance_id: must not be empty".to_owned());
+        }
+        if let Err(problem) = self.repository_credentials() {
+            problems.push(problem);
         }
         if self.disks.is_empty() {
             problems.push("disks: list at least one disk".to_owned());

@@ -98,7 +98,8 @@ pub async fn run_agent(
             };
             let Some(task) = task else { continue };
             if repository.is_none() {
-                match Repository::open(backend.clone(), &Credentials::None).await {
+                let credentials = config.repository_credentials().unwrap_or(Credentials::None);
+                match Repository::open(backend.clone(), &credentials).await {
                     Ok(opened) => repository = Some(opened),
                     Err(error) => tracing::error!(error = %error, "cannot open the repository"),
                 }

@@ -43,6 +43,8 @@ pub struct AgentHub {
     pub task_enqueued: Notify,
     /// An agent silent for longer is offline and its task fails.
     pub heartbeat_timeout: Duration,
+    /// Whether the repository encrypts chunks, as archives report it.
+    pub encrypted: bool,
 }
 
 /// The gRPC face of [`AgentHub`].
@@ -252,7 +254,7 @@ impl AgentHub {
                 updated_at: now,
                 last_backup_created_at: None,
                 last_seen_at: None,
-                encrypted: false,
+                encrypted: self.encrypted,
                 deleted: false,
             },
             Err(error) => return Err(error.into()),

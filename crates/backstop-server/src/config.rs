@@ -40,6 +40,56 @@ pub struct ServerConfig {
     /// process; they still talk to it through the agent API.
     #[serde(default)]
     pub instances: Vec<LocalInstanceConfig>,
+    /// Encryption of the repository under the data folder.
+    #[serde(default)]
+    pub repository: RepositoryConfig,
+}
+
+/// How the repository is encrypted. With neither setting it is not; the
+/// choice is fixed when the repository is created on first start.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// File with the 256-bit repository key in hex; created with a random
+    /// key on first start if missing. Keep a copy: without it no backup
+    /// can be read.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Name of the environment variable that holds the repository
+    /// passphrase; the key is derived from it with Argon2id.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+}
+
+impl RepositoryConfig {
+    /// Returns the credentials that open the repository.
+    pub fn credentials(&self) -> Result<backstop_chunkstore::Credentials, String> {
+        use backstop_chunkstore::{Credentials, Passphrase};
+        match (&self.key_file, &self.passphrase_env) {
+            (Some(_), Some(_)) => Err("repository: set key_file or passphrase_env, not both".to_owned()),
+            (Some(path), None) => Ok(Credentials::KeyFile(path.clone())),
+            (None, Some(name)) => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Ok(Credentials::Passphrase(Passphrase::new(value))),
+                _ => Err(format!(
+                    "repository.passphrase_env: environment variable {name} is unset or empty; export the passphrase"
+                )),
+            },
+            (None, None) => Ok(Credentials::None),
+        }
+    }
+
+    /// Returns the encryption a new repository gets.
+    pub fn encryption(&self) -> Result<backstop_chunkstore::EncryptionOptions, String> {
+        use backstop_chunkstore::{Credentials, EncryptionOptions};
+        Ok(match self.credentials()? {
+            Credentials::None => EncryptionOptions::None,
+            Credentials::KeyFile(path) => EncryptionOptions::KeyFile(path),
+            Credentials::Passphrase(passphrase) => EncryptionOptions::Passphrase {
+                passphrase,
+                kdf: Default::default(),
+            },
+        })
+    }
 }
 
 /// An instance served by an agent inside the server process.
@@ -91,6 +141,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             heartbeat_timeout_s: default_heartbeat_timeout_s(),
             instances: Vec::new(),
+            repository: RepositoryConfig::default(),
             gc_grace_period_s: default_gc_grace_period_s(),
             verify_interval_h: default_verify_interval_h(),
         }
@@ -143,6 +194,9 @@ impl ServerConfig {
                     "auth.tokens[{i}]: folders is empty; list folder ids or \"*\" for all folders"
                 ));
             }
+        }
+        if let Err(problem) = self.repository.credentials() {
+            problems.push(problem);
         }
         if self.heartbeat_timeout_s < 2 {
             problems.push(format!(

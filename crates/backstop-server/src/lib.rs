@@ -37,7 +37,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use auth::{AuthMode, Caller, TokenConfig};
-pub use config::{AuthConfig, LocalDiskConfig, LocalInstanceConfig, ServerConfig, TlsConfig};
+pub use config::{
+    AuthConfig, LocalDiskConfig, LocalInstanceConfig, RepositoryConfig, ServerConfig, TlsConfig,
+};
 pub use error::ApiError;
 pub use operations::{CancellationSignal, OperationRegistry};
 pub use verify::{verify_data_dir, verify_repository, DamagedChunk, VerifyOutcome};
@@ -93,7 +95,7 @@ pub async fn serve_with_ready(
     }
     tokio::spawn(expire_idempotency_keys(catalog.clone()));
 
-    let repository = open_repository(&config.data_dir).await?;
+    let repository = open_repository(&config.data_dir, &config.repository).await?;
     let backend = repository.backend().clone();
     let hub = Arc::new(agents::AgentHub {
         catalog: catalog.clone(),
@@ -101,6 +103,7 @@ pub async fn serve_with_ready(
         backend,
         task_enqueued: tokio::sync::Notify::new(),
         heartbeat_timeout: Duration::from_secs(config.heartbeat_timeout_s),
+        encrypted: repository.is_encrypted(),
     });
     tokio::spawn(hub.clone().run_watchdog());
     if config.verify_interval_h > 0 {
@@ -260,26 +263,30 @@ fn agent_service(hub: Arc<agents::AgentHub>) -> AgentServiceServer<agents::Agent
         .max_encoding_message_size(AGENT_MESSAGE_LIMIT)
 }
 
-/// Opens the repository under `data_dir/repository`, creating an
-/// unencrypted one on first start.
+/// Opens the repository under `data_dir/repository`, creating it with the
+/// configured encryption on first start.
 pub(crate) async fn open_repository(
     data_dir: &std::path::Path,
+    settings: &RepositoryConfig,
 ) -> anyhow::Result<backstop_chunkstore::Repository> {
-    use backstop_chunkstore::{Credentials, LocalBackend, Repository, RepositoryOptions};
+    use backstop_chunkstore::{LocalBackend, Repository, RepositoryOptions};
 
+    let credentials = settings.credentials().map_err(anyhow::Error::msg)?;
     let path = data_dir.join("repository");
     std::fs::create_dir_all(&path)
         .with_context(|| format!("cannot create repository folder {}", path.display()))?;
     let backend: Arc<dyn backstop_chunkstore::Backend> = Arc::new(LocalBackend::new(&path));
-    // NOTE: the server opens unencrypted repositories only; encryption
-    // settings in the server config are not built yet.
-    match Repository::open(backend.clone(), &Credentials::None).await {
+    match Repository::open(backend.clone(), &credentials).await {
         Ok(repository) => Ok(repository),
-        Err(error) if error.is_not_found() => {
-            let repository = Repository::create(backend.clone(), RepositoryOptions::default())
+        Err(error) if matches!(error, backstop_chunkstore::Error::RepositoryNotFound { .. }) => {
+            let options = RepositoryOptions {
+                encryption: settings.encryption().map_err(anyhow::Error::msg)?,
+                ..RepositoryOptions::default()
+            };
+            let repository = Repository::create(backend.clone(), options)
                 .await
                 .with_context(|| format!("cannot create the repository in {}", path.display()))?;
-            tracing::info!(path = %path.display(), "created an unencrypted repository");
+            tracing::info!(path = %path.display(), encrypted = repository.is_encrypted(), "created the repository");
             Ok(repository)
         }
         Err(error) => Err(anyhow::Error::from(error)

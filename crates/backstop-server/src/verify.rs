@@ -126,10 +126,13 @@ pub async fn verify_repository(repository: &Repository) -> anyhow::Result<Verify
 
 /// Opens the data folder of a server, running or stopped, and verifies its
 /// repository.
-pub async fn verify_data_dir(data_dir: &Path) -> anyhow::Result<VerifyOutcome> {
+pub async fn verify_data_dir(
+    data_dir: &Path,
+    settings: &crate::RepositoryConfig,
+) -> anyhow::Result<VerifyOutcome> {
     // Opening the catalog checks that this is a Backstop data folder and
     // applies pending migrations, as the server would.
     SqliteCatalog::open(data_dir).await?;
-    let repository = crate::open_repository(data_dir).await?;
+    let repository = crate::open_repository(data_dir, settings).await?;
     verify_repository(&repository).await
 }

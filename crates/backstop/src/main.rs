@@ -41,9 +41,14 @@ enum Command {
 
 #[derive(clap::Args)]
 struct VerifyArgs {
-    /// Data folder of the server [default: ./backstop-data].
-    #[arg(long, env = "BACKSTOP_DATA_DIR", default_value = "backstop-data")]
-    data_dir: PathBuf,
+    /// The server's TOML configuration, for its data folder and repository
+    /// key settings.
+    #[arg(long, env = "BACKSTOP_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Data folder of the server [default: the config's, else ./backstop-data].
+    #[arg(long, env = "BACKSTOP_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -104,7 +109,21 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => runtime.block_on(run_server(args)),
         Command::Agent(args) => runtime.block_on(run_agent(args)),
         Command::Verify(args) => {
-            let outcome = runtime.block_on(backstop_server::verify_data_dir(&args.data_dir))?;
+            let config = match &args.config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read configuration file {}", path.display())
+                    })?;
+                    ServerConfig::from_toml(&text)
+                        .with_context(|| format!("invalid configuration file {}", path.display()))?
+                }
+                None => ServerConfig::default(),
+            };
+            let data_dir = args.data_dir.unwrap_or(config.data_dir.clone());
+            let outcome = runtime.block_on(backstop_server::verify_data_dir(
+                &data_dir,
+                &config.repository,
+            ))?;
             print!("{}", outcome.render());
             if !outcome.is_clean() {
                 std::process::exit(1);
@@ -160,6 +179,8 @@ fn local_agent_configs(config: &ServerConfig) -> Vec<backstop_agent::AgentConfig
             compute_instance_id: instance.compute_instance_id.clone(),
             folder_id: instance.folder_id.clone(),
             registration_token: None,
+            repository_key_file: config.repository.key_file.clone(),
+            repository_passphrase_env: config.repository.passphrase_env.clone(),
             disks: instance
                 .disks
                 .iter()

@@ -615,3 +615,84 @@ async fn agent_registers_with_registration_token() {
     agent.kill().unwrap();
     agent.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_repository_backs_up_and_recovers() {
+    use backstop_proto::backup::{list_archives_request, ListArchivesRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.raw");
+    let marker = b"PLAINTEXT-MARKER-THAT-MUST-NOT-BE-STORED ";
+    std::fs::write(
+        &disk,
+        marker.repeat((8 << 20) / marker.len() + 1)[..8 << 20].to_vec(),
+    )
+    .unwrap();
+    let key_file = dir.path().join("repository.key");
+    let config = format!(
+        "{}\n[repository]\nkey_file = \"{}\"\n",
+        local_instance_config(&disk),
+        key_file.display()
+    );
+    let config_path = dir.path().join("server.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(config),
+        ..Default::default()
+    });
+    let channel = server.channel().await;
+    wait_online(channel.clone()).await;
+    let (backup_id, original) = backed_up_then_blanked(channel.clone(), &disk).await;
+    assert!(key_file.exists(), "the server created the repository key");
+
+    for fanout in std::fs::read_dir(server.data_dir.join("repository/chunks")).unwrap() {
+        for entry in std::fs::read_dir(fanout.unwrap().path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(
+                !bytes.windows(16).any(|w| w == &marker[..16]),
+                "a chunk holds plaintext"
+            );
+        }
+    }
+    let archives = BackupServiceClient::new(channel.clone())
+        .list_archives(ListArchivesRequest {
+            id: Some(list_archives_request::Id::ComputeInstanceId(
+                INSTANCE.into(),
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .archives;
+    assert_eq!(archives[0].encryption_algorithm, 4, "AES256");
+
+    let started = BackupServiceClient::new(channel.clone())
+        .start_recovery(StartRecoveryRequest {
+            compute_instance_id: INSTANCE.into(),
+            backup_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = wait_end(channel.clone(), &started.id).await;
+    assert!(
+        matches!(ended.result, Some(operation::Result::Response(_))),
+        "{:?}",
+        ended.result
+    );
+    assert!(std::fs::read(&disk).unwrap() == original);
+
+    let with_key = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["verify", "--config"])
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        with_key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_key.stderr)
+    );
+    let (code, _) = run_verify(&server.data_dir);
+    assert_ne!(code, 0, "verify without the key must fail");
+}
