@@ -450,9 +450,11 @@ async fn server_crash_mid_recovery_resumes_it() {
     let (_, progress) = recovery_progress(channel, &started.id).await;
     assert_eq!(progress, 100.0);
     assert!(
-        restarted.logs().iter().any(|line| line["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("queued again"))),
+        restarted
+            .wait_for_log(|line| line["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("queued again")))
+            .is_some(),
         "the task was not resumed"
     );
     drop(restarted);

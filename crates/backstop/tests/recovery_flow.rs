@@ -129,6 +129,9 @@ fn fsck(image: &Path) {
 /// Sums `bytes_written` of the agent's "disk restored" log lines for `disk`.
 fn bytes_written(server: &TestServer, disk: &str) -> u64 {
     server
+        .wait_for_log(|line| line["message"] == "disk restored" && line["disk"] == disk)
+        .expect("the agent logged the restored disk");
+    server
         .logs()
         .iter()
         .filter(|line| line["message"] == "disk restored" && line["disk"] == disk)

@@ -141,14 +141,11 @@ async fn responses_carry_request_and_trace_ids() {
     assert!(error.metadata().get("x-server-trace-id").is_some());
 
     // Every log line of the first call carries its request id.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let lines: Vec<serde_json::Value> = server
-        .logs()
-        .into_iter()
-        .filter(|line| line["span"]["request_id"] == request_id.as_str())
-        .collect();
+    let handled = server.wait_for_log(|line| {
+        line["span"]["request_id"] == request_id.as_str() && line["message"] == "call handled"
+    });
     assert!(
-        lines.iter().any(|line| line["message"] == "call handled"),
+        handled.is_some(),
         "no log line with request id {request_id}"
     );
 }

@@ -24,6 +24,9 @@ pub struct TestServer {
     pub address: String,
     pub data_dir: PathBuf,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The thread that reads the server's log; it ends when the process
+    /// closes its stderr.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     tls_ca: Option<Vec<u8>>,
     _temp: Option<tempfile::TempDir>,
 }
@@ -96,7 +99,7 @@ impl TestServer {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (address_tx, address_rx) = mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
                     eprintln!("server: {line}");
@@ -121,6 +124,7 @@ impl TestServer {
             address,
             data_dir,
             logs,
+            log_reader: Some(log_reader),
             tls_ca,
             _temp: temp,
         }
@@ -142,6 +146,27 @@ impl TestServer {
         endpoint.connect().await.expect("connect to test server")
     }
 
+    /// Waits up to 5 s for a log line that matches `predicate`, since the
+    /// reader thread may lag behind the server.
+    pub fn wait_for_log(
+        &self,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        for _ in 0..100 {
+            if let Some(line) = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|line| predicate(line))
+            {
+                return Some(line.clone());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Returns the JSON log lines printed so far.
     pub fn logs(&self) -> Vec<serde_json::Value> {
         self.logs.lock().unwrap().clone()
@@ -157,6 +182,11 @@ impl TestServer {
         assert!(status.success());
         for _ in 0..200 {
             if let Some(status) = child.try_wait().expect("wait for server") {
+                // Every line the server printed is in `logs` once the reader
+                // has seen the end of its stderr.
+                if let Some(reader) = self.log_reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
