@@ -130,6 +130,19 @@ async fn killed_agent_fails_backup_and_next_backup_works() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(progressed, "the backup never reported progress");
+    let resource = backstop_proto::backup::resource_service_client::ResourceServiceClient::new(
+        channel.clone(),
+    )
+    .get(backstop_proto::backup::GetResourceRequest {
+        compute_instance_id: INSTANCE.into(),
+        include_tenant_info: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .resource
+    .unwrap();
+    assert_eq!(resource.status, 2, "BACKUPING");
     agent.kill().unwrap();
     agent.wait().unwrap();
 
@@ -370,6 +383,45 @@ async fn cancel_stops_recovery_with_partial_restore_message() {
         .unwrap()
         .into_inner();
     wait_progress(channel.clone(), &started.id).await;
+
+    // While the recovery runs, the instance shows it and takes no other.
+    let busy = BackupServiceClient::new(channel.clone())
+        .start_recovery(recover())
+        .await
+        .unwrap_err();
+    assert_eq!(busy.code(), Code::FailedPrecondition);
+    assert!(busy.message().contains("busy"), "{}", busy.message());
+    let mut resources = backstop_proto::backup::resource_service_client::ResourceServiceClient::new(
+        channel.clone(),
+    );
+    let resource = resources
+        .get(backstop_proto::backup::GetResourceRequest {
+            compute_instance_id: INSTANCE.into(),
+            include_tenant_info: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .resource
+        .unwrap();
+    assert_eq!(resource.status, 3, "RECOVERING");
+    let tasks = resources
+        .list_tasks(backstop_proto::backup::ListTasksRequest {
+            compute_instance_id: INSTANCE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let progress = tasks[0].progress.clone().unwrap();
+    assert_eq!(tasks[0].r#type, 3, "RECOVERY");
+    assert_eq!(progress.total, 384 << 20);
+    assert!(
+        progress.current > 0 && progress.current <= progress.total,
+        "{progress:?}"
+    );
+
     OperationServiceClient::new(channel.clone())
         .cancel(CancelOperationRequest {
             operation_id: started.id.clone(),
@@ -540,6 +592,30 @@ async fn recovery_hooks_run_and_failing_hook_fails_it() {
     );
     agent.kill().unwrap();
     agent.wait().unwrap();
+
+    // Once the heartbeat times out, the instance refuses recoveries.
+    let mut offline = None;
+    for _ in 0..100 {
+        match BackupServiceClient::new(channel.clone())
+            .start_recovery(recover())
+            .await
+        {
+            Err(status) if status.message().contains("offline") => {
+                offline = Some(status);
+                break;
+            }
+            Err(status) => panic!("unexpected error: {status}"),
+            Ok(operation) => {
+                // The agent still looked online; let this recovery end.
+                wait_end(channel.clone(), &operation.into_inner().id).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        offline.expect("the instance never went offline").code(),
+        Code::FailedPrecondition
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
