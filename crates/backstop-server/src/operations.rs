@@ -70,38 +70,27 @@ impl OperationRegistry {
         caller: &Caller,
         request: OperationRequest<'_, M>,
     ) -> Result<(Operation, bool), ApiError> {
-        let idempotency = request.idempotency_key.map(|key| IdempotencyKey {
-            subject: caller.subject.clone(),
-            method: request.method.to_owned(),
-            key,
-        });
-        let created = self
-            .catalog
-            .create_operation(NewOperation {
-                description: request.description,
-                created_by: caller.subject.clone(),
-                metadata: pack(request.metadata),
-                resource_id: request.resource_id,
-                idempotency,
-                task: None,
-            })
-            .await?;
-        if created.created {
-            tracing::info!(operation_id = %created.operation.id, method = request.method, "operation created");
-        } else {
-            tracing::info!(operation_id = %created.operation.id, "idempotency key matched an earlier operation");
-        }
+        let created = self.record(caller, request, None).await?;
         Ok((created.operation, created.created))
     }
 
     /// Records a new operation together with its agent task in one
-    /// transaction; an idempotent repeat returns the first operation and no
+    /// transaction. An idempotent repeat returns the first operation and no
     /// task.
     pub async fn create_with_task<M: Message + Name>(
         &self,
         caller: &Caller,
         request: OperationRequest<'_, M>,
         task: NewTask,
+    ) -> Result<CreatedOperation, ApiError> {
+        self.record(caller, request, Some(task)).await
+    }
+
+    async fn record<M: Message + Name>(
+        &self,
+        caller: &Caller,
+        request: OperationRequest<'_, M>,
+        task: Option<NewTask>,
     ) -> Result<CreatedOperation, ApiError> {
         let idempotency = request.idempotency_key.map(|key| IdempotencyKey {
             subject: caller.subject.clone(),
@@ -116,11 +105,18 @@ impl OperationRegistry {
                 metadata: pack(request.metadata),
                 resource_id: request.resource_id,
                 idempotency,
-                task: Some(task),
+                task,
             })
             .await?;
-        if let Some(task) = &created.task {
-            tracing::info!(operation_id = %created.operation.id, task_id = task.id, method = request.method, "operation and task created");
+        if created.created {
+            tracing::info!(
+                operation_id = %created.operation.id,
+                task_id = created.task.as_ref().map(|t| t.id),
+                method = request.method,
+                "operation created"
+            );
+        } else {
+            tracing::info!(operation_id = %created.operation.id, "idempotency key matched an earlier operation");
         }
         Ok(created)
     }

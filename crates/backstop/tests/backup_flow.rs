@@ -8,12 +8,10 @@ use std::process::Command;
 
 use backstop_proto::backup::{
     backup_service_client::BackupServiceClient, list_archives_request, list_backups_request,
-    policy_service_client::PolicyServiceClient, ApplyPolicyRequest, CreatePolicyMetadata,
-    CreatePolicyRequest, DeleteArchiveRequest, DeleteBackupRequest, ExecuteRequest,
-    GetBackupRequest, ListArchivesRequest, ListBackupsRequest,
+    policy_service_client::PolicyServiceClient, DeleteArchiveRequest, DeleteBackupRequest,
+    ExecuteRequest, GetBackupRequest, ListArchivesRequest, ListBackupsRequest,
 };
 use common::{flows::*, ServerOptions, TestServer};
-use prost::Message;
 use tonic::{transport::Channel, Code};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,26 +25,8 @@ async fn policy_execute_backs_up_real_disks() {
     let channel = server.channel().await;
     wait_online(channel.clone()).await;
 
+    let policy_id = create_and_apply_policy(channel.clone()).await;
     let mut policies = PolicyServiceClient::new(channel.clone());
-    let created = policies
-        .create(CreatePolicyRequest {
-            folder_id: FOLDER.into(),
-            name: "nightly".into(),
-            settings: Some(nightly_settings()),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let policy_id = CreatePolicyMetadata::decode(created.metadata.unwrap().value.as_slice())
-        .unwrap()
-        .policy_id;
-    policies
-        .apply(ApplyPolicyRequest {
-            policy_id: policy_id.clone(),
-            compute_instance_id: INSTANCE.into(),
-        })
-        .await
-        .unwrap();
 
     let execute = || ExecuteRequest {
         policy_id: policy_id.clone(),
