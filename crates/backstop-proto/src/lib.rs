@@ -57,6 +57,8 @@ pub mod yandex {
         pub mod endpoint {
             include!(concat!(env!("OUT_DIR"), "/yandex.cloud.endpoint.rs"));
         }
+        // The package and its main message share the name `operation`.
+        #[allow(clippy::module_inception)]
         pub mod operation {
             include!(concat!(env!("OUT_DIR"), "/yandex.cloud.operation.rs"));
         }

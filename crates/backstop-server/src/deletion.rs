@@ -47,7 +47,7 @@ pub async fn delete_backup(
         )));
     }
     caller.check_folder(&backup.folder_id)?;
-    check_not_in_use(ctx, &[backup.id.clone()]).await?;
+    check_not_in_use(ctx, std::slice::from_ref(&backup.id)).await?;
 
     let metadata = DeleteBackupMetadata {
         compute_instance_id: instance.to_owned(),

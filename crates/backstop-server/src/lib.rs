@@ -278,7 +278,7 @@ pub(crate) async fn open_repository(
     let backend: Arc<dyn backstop_chunkstore::Backend> = Arc::new(LocalBackend::new(&path));
     match Repository::open(backend.clone(), &credentials).await {
         Ok(repository) => Ok(repository),
-        Err(error) if matches!(error, backstop_chunkstore::Error::RepositoryNotFound { .. }) => {
+        Err(backstop_chunkstore::Error::RepositoryNotFound { .. }) => {
             let options = RepositoryOptions {
                 encryption: settings.encryption().map_err(anyhow::Error::msg)?,
                 ..RepositoryOptions::default()

@@ -414,7 +414,7 @@ async fn cancel_stops_recovery_with_partial_restore_message() {
         .unwrap()
         .into_inner()
         .tasks;
-    let progress = tasks[0].progress.clone().unwrap();
+    let progress = tasks[0].progress.unwrap();
     assert_eq!(tasks[0].r#type, 3, "RECOVERY");
     assert_eq!(progress.total, 384 << 20);
     assert!(
@@ -702,7 +702,7 @@ async fn encrypted_repository_backs_up_and_recovers() {
     let marker = b"PLAINTEXT-MARKER-THAT-MUST-NOT-BE-STORED ";
     std::fs::write(
         &disk,
-        marker.repeat((8 << 20) / marker.len() + 1)[..8 << 20].to_vec(),
+        &marker.repeat((8 << 20) / marker.len() + 1)[..8 << 20],
     )
     .unwrap();
     let key_file = dir.path().join("repository.key");
