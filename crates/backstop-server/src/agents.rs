@@ -48,6 +48,9 @@ pub struct AgentHub {
 }
 
 /// The gRPC face of [`AgentHub`].
+///
+/// NOTE: any caller the API layer authenticates may act as the agent of any
+/// instance in its folders; per-agent credentials are not built yet.
 pub struct AgentApi(pub Arc<AgentHub>);
 
 fn internal(error: impl Into<anyhow::Error>) -> Status {
