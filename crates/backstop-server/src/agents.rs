@@ -49,8 +49,9 @@ pub struct AgentHub {
 
 /// The gRPC face of [`AgentHub`].
 ///
-/// NOTE: any caller the API layer authenticates may act as the agent of any
-/// instance in its folders; per-agent credentials are not built yet.
+/// NOTE: only Register checks the caller's folders. Every other call trusts
+/// any caller the API layer authenticated to speak for the instance it
+/// names; per-agent credentials are not built yet.
 pub struct AgentApi(pub Arc<AgentHub>);
 
 fn internal(error: impl Into<anyhow::Error>) -> Status {
