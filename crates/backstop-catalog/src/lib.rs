@@ -55,6 +55,13 @@ pub trait Catalog: Send + Sync + 'static {
     /// it reads the flag and ends it.
     async fn request_cancel(&self, id: &str) -> Result<Operation>;
 
+    /// Lists the operations on one instance, newest first.
+    async fn list_operations_of(
+        &self,
+        resource_id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<Operation>>;
+
     /// Lists operations that are not done, oldest first, so a restarted
     /// server can resume or end them.
     async fn list_unfinished_operations(&self) -> Result<Vec<Operation>>;

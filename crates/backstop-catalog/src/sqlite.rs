@@ -229,6 +229,34 @@ impl Catalog for SqliteCatalog {
         Ok(operation)
     }
 
+    async fn list_operations_of(
+        &self,
+        resource_id: &str,
+        page: &PageRequest,
+    ) -> Result<Page<Operation>> {
+        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM operations WHERE resource_id = ");
+        sql.push_bind(resource_id);
+        if let Some((at, id)) = parse_page_token(page)? {
+            sql.push(" AND (created_at < ")
+                .push_bind(at)
+                .push(" OR (created_at = ")
+                .push_bind(at)
+                .push(" AND id < ")
+                .push_bind(id)
+                .push("))");
+        }
+        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(page.size as i64 + 1);
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        let items = rows
+            .iter()
+            .map(operation_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(paginate(items, page.size, |o| {
+            page_token(o.created_at, &o.id)
+        }))
+    }
+
     async fn list_unfinished_operations(&self) -> Result<Vec<Operation>> {
         let rows = sqlx::query("SELECT * FROM operations WHERE done = 0 ORDER BY created_at")
             .fetch_all(&self.pool)

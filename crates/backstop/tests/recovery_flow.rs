@@ -10,7 +10,8 @@ use backstop_proto::{
     backup::{
         backup_service_client::BackupServiceClient, list_backups_request,
         resource_service_client::ResourceServiceClient, GetResourceRequest, ListBackupsRequest,
-        ListTasksRequest, StartRecoveryMetadata, StartRecoveryRequest,
+        ListResourceOperationsRequest, ListTasksRequest, StartRecoveryMetadata,
+        StartRecoveryRequest,
     },
     operation::operation,
 };
@@ -239,6 +240,40 @@ async fn recovery_rolls_back_changed_files() {
     assert_eq!(progress.total, (64 << 20) + (32 << 20));
     assert_eq!(progress.current, progress.total);
     assert_eq!(tasks[1].r#type, 1, "older task is the BACKUP");
+
+    // The instance's operations, newest first: recovery, backup, apply.
+    let list = |token: &str| ListResourceOperationsRequest {
+        compute_instance_id: INSTANCE.into(),
+        page_size: 2,
+        page_token: token.into(),
+    };
+    let first = resources
+        .list_operations(list(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.operations.len(), 2);
+    assert_eq!(first.operations[0].id, started.id);
+    assert!(first.operations[1]
+        .metadata
+        .as_ref()
+        .unwrap()
+        .type_url
+        .ends_with("ExecuteMetadata"));
+    assert!(!first.next_page_token.is_empty());
+    let second = resources
+        .list_operations(list(&first.next_page_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.operations.len(), 1);
+    assert!(second.operations[0]
+        .metadata
+        .as_ref()
+        .unwrap()
+        .type_url
+        .ends_with("ApplyPolicyMetadata"));
+    assert!(second.next_page_token.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,11 +129,34 @@ impl ResourceService for ResourceApi {
         Err(ApiError::Unimplemented("CreateDirectory is not implemented yet".into()).into())
     }
 
+    #[tracing::instrument(skip_all, fields(compute_instance_id = %request.get_ref().compute_instance_id))]
     async fn list_operations(
         &self,
-        _request: Request<ListResourceOperationsRequest>,
+        request: Request<ListResourceOperationsRequest>,
     ) -> Result<Response<ListResourceOperationsResponse>, Status> {
-        Err(ApiError::Unimplemented("ListOperations is not implemented yet".into()).into())
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        validate_request(&request)?;
+        let resource = self
+            .0
+            .catalog
+            .get_resource(&request.compute_instance_id)
+            .await
+            .map_err(ApiError::from)?;
+        caller.check_folder(&resource.folder_id)?;
+        let page = self
+            .0
+            .catalog
+            .list_operations_of(
+                &request.compute_instance_id,
+                &page_request(request.page_size, &request.page_token),
+            )
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ListResourceOperationsResponse {
+            operations: page.items.iter().map(crate::operations::to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
     }
 
     /// Issues a token with which an agent registers a new instance in the
