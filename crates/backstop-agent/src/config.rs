@@ -82,20 +82,11 @@ impl AgentConfig {
 
     /// Returns the credentials that open the server's repository.
     pub fn repository_credentials(&self) -> Result<backstop_chunkstore::Credentials, String> {
-        use backstop_chunkstore::{Credentials, Passphrase};
-        match (&self.repository_key_file, &self.repository_passphrase_env) {
-            (Some(_), Some(_)) => {
-                Err("set repository_key_file or repository_passphrase_env, not both".to_owned())
-            }
-            (Some(path), None) => Ok(Credentials::KeyFile(path.clone())),
-            (None, Some(name)) => match std::env::var(name) {
-                Ok(value) if !value.is_empty() => Ok(Credentials::Passphrase(Passphrase::new(value))),
-                _ => Err(format!(
-                    "repository_passphrase_env: environment variable {name} is unset or empty; export the passphrase"
-                )),
-            },
-            (None, None) => Ok(Credentials::None),
-        }
+        backstop_chunkstore::Credentials::from_settings(
+            self.repository_key_file.as_deref(),
+            self.repository_passphrase_env.as_deref(),
+        )
+        .map_err(|problem| format!("repository_key_file or repository_passphrase_env: {problem}"))
     }
 
     /// Lists every problem of the configuration at once.

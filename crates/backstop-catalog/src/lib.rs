@@ -113,8 +113,8 @@ pub trait Catalog: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Sets the status and progress of an instance while task `task_id`
-    /// runs; does nothing once the task has finished, so a late progress
-    /// report cannot override the idle status its completion set.
+    /// runs. Once the task has finished it does nothing, so a late progress
+    /// report cannot override the idle status that the completion set.
     async fn set_resource_progress(
         &self,
         compute_instance_id: &str,

@@ -131,6 +131,28 @@ pub enum Credentials {
     Passphrase(Passphrase),
 }
 
+impl Credentials {
+    /// Builds credentials from the two usual settings: a key file, or the
+    /// name of an environment variable that holds a passphrase. With neither
+    /// the repository is unencrypted. The error says which setting to fix.
+    pub fn from_settings(
+        key_file: Option<&Path>,
+        passphrase_env: Option<&str>,
+    ) -> std::result::Result<Self, String> {
+        match (key_file, passphrase_env) {
+            (Some(_), Some(_)) => Err("set a key file or a passphrase variable, not both".to_owned()),
+            (Some(path), None) => Ok(Credentials::KeyFile(path.to_owned())),
+            (None, Some(name)) => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Ok(Credentials::Passphrase(Passphrase::new(value))),
+                _ => Err(format!(
+                    "environment variable {name} for the repository passphrase is unset or empty; export the passphrase"
+                )),
+            },
+            (None, None) => Ok(Credentials::None),
+        }
+    }
+}
+
 /// The repository's 256-bit master key, zeroed on drop.
 pub(crate) struct MasterKey(Zeroizing<[u8; KEY_LEN]>);
 

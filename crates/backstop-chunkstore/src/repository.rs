@@ -111,7 +111,7 @@ impl Repository {
     }
 
     /// Returns a handle on the same repository that stores new chunks at
-    /// another compression level, as a policy's setting asks. Reading is
+    /// another compression level, as a policy's setting requires. Reading is
     /// unaffected, since every stored chunk records its own encoding. The
     /// handle shares the pins of this one, so garbage collection sees them.
     pub fn with_compression(&self, compression: Compression) -> Repository {

@@ -15,7 +15,7 @@ use crate::ApiError;
 /// The subject of calls accepted in development mode without a known token.
 pub const DEVELOPMENT_SUBJECT: &str = "development";
 
-/// How the server authenticates calls.
+/// Authentication mode of the server.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMode {

@@ -2,7 +2,7 @@
 //! exists, and the operation with its agent task.
 
 use backstop_catalog::{
-    ArchiveScope, BackupQuery, BackupSelector, IdempotencyKey, NewTask, Operation, PageRequest,
+    ArchiveScope, BackupQuery, BackupSelector, NewTask, Operation, PageRequest, Resource,
     SortOrder, TaskType,
 };
 
@@ -16,6 +16,25 @@ use crate::{
 
 /// Chunk size of disk backups: 4 MiB, a common choice for VM images.
 const CHUNK_SIZE: u32 = 4 * 1024 * 1024;
+
+/// Checks that an instance's agent is online and runs no other task, as a
+/// new backup or recovery requires.
+pub async fn check_instance_ready(ctx: &ApiContext, resource: &Resource) -> Result<(), ApiError> {
+    let instance = &resource.compute_instance_id;
+    if !resource.online {
+        return Err(ApiError::FailedPrecondition(format!(
+            "the agent of instance {instance} is offline; start the agent and wait until the instance shows online"
+        )));
+    }
+    if let Some(task) = ctx.catalog.active_task(instance).await? {
+        return Err(ApiError::FailedPrecondition(format!(
+            "instance {instance} is busy with operation {} ({}); wait for it to finish or cancel it",
+            task.operation_id,
+            if task.task_type == TaskType::Recovery { "a recovery" } else { "a backup" }
+        )));
+    }
+    Ok(())
+}
 
 /// Instance and policy of a backup that [`start_backup`] starts.
 pub struct BackupRequest<'a> {
@@ -37,32 +56,19 @@ pub async fn start_backup(
 ) -> Result<Operation, ApiError> {
     // A retried call must get its first operation back even though that
     // operation now keeps the instance busy.
-    if let Some(key) = &request.idempotency_key {
-        let scope = IdempotencyKey {
-            subject: caller.subject.clone(),
-            method: request.method.to_owned(),
-            key: key.clone(),
-        };
-        if let Some(operation) = ctx.catalog.find_idempotent_operation(&scope).await? {
-            return Ok(operation);
-        }
+    let key = request.idempotency_key.as_deref();
+    if let Some(operation) = ctx
+        .operations
+        .find_earlier(caller, request.method, key)
+        .await?
+    {
+        return Ok(operation);
     }
 
     let instance = request.compute_instance_id;
     let resource = ctx.catalog.get_resource(instance).await?;
     caller.check_folder(&resource.folder_id)?;
-    if !resource.online {
-        return Err(ApiError::FailedPrecondition(format!(
-            "the agent of instance {instance} is offline; start the agent and wait until the instance shows online"
-        )));
-    }
-    if let Some(task) = ctx.catalog.active_task(instance).await? {
-        return Err(ApiError::FailedPrecondition(format!(
-            "instance {instance} is busy with operation {} ({}); wait for it to finish or cancel it",
-            task.operation_id,
-            if task.task_type == TaskType::Recovery { "a recovery" } else { "a backup" }
-        )));
-    }
+    check_instance_ready(ctx, &resource).await?;
 
     let archives = ctx
         .catalog

@@ -45,8 +45,9 @@ pub struct ServerConfig {
     pub repository: RepositoryConfig,
 }
 
-/// How the repository is encrypted. With neither setting it is not; the
-/// choice is fixed when the repository is created on first start.
+/// Encryption settings of the repository. With neither setting it is not
+/// encrypted. The choice is fixed when the repository is created on first
+/// start.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
@@ -55,8 +56,8 @@ pub struct RepositoryConfig {
     /// can be read.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// Name of the environment variable that holds the repository
-    /// passphrase; the key is derived from it with Argon2id.
+    /// Name of the environment variable that contains the repository
+    /// passphrase, from which Argon2id derives the key.
     #[serde(default)]
     pub passphrase_env: Option<String>,
 }
@@ -64,18 +65,11 @@ pub struct RepositoryConfig {
 impl RepositoryConfig {
     /// Returns the credentials that open the repository.
     pub fn credentials(&self) -> Result<backstop_chunkstore::Credentials, String> {
-        use backstop_chunkstore::{Credentials, Passphrase};
-        match (&self.key_file, &self.passphrase_env) {
-            (Some(_), Some(_)) => Err("repository: set key_file or passphrase_env, not both".to_owned()),
-            (Some(path), None) => Ok(Credentials::KeyFile(path.clone())),
-            (None, Some(name)) => match std::env::var(name) {
-                Ok(value) if !value.is_empty() => Ok(Credentials::Passphrase(Passphrase::new(value))),
-                _ => Err(format!(
-                    "repository.passphrase_env: environment variable {name} is unset or empty; export the passphrase"
-                )),
-            },
-            (None, None) => Ok(Credentials::None),
-        }
+        backstop_chunkstore::Credentials::from_settings(
+            self.key_file.as_deref(),
+            self.passphrase_env.as_deref(),
+        )
+        .map_err(|problem| format!("repository: {problem}"))
     }
 
     /// Returns the encryption a new repository gets.

@@ -13,7 +13,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use backstop_catalog::{Backup, CatalogError, IdempotencyKey, Operation, TaskType};
+use backstop_catalog::{Backup, CatalogError, Operation, TaskType};
 use backstop_chunkstore::{GcOptions, ManifestId};
 use backstop_proto::backup::{DeleteArchiveMetadata, DeleteBackupMetadata};
 use tonic::Code;
@@ -37,7 +37,11 @@ pub async fn delete_backup(
     instance: &str,
     backup_id: &str,
 ) -> Result<Operation, ApiError> {
-    if let Some(operation) = earlier(ctx, caller, DELETE_BACKUP_METHOD, &idempotency_key).await? {
+    if let Some(operation) = ctx
+        .operations
+        .find_earlier(caller, DELETE_BACKUP_METHOD, idempotency_key.as_deref())
+        .await?
+    {
         return Ok(operation);
     }
     let backup = live_backup(ctx, backup_id).await?;
@@ -67,6 +71,9 @@ pub async fn delete_backup(
         )
         .await?;
     if created {
+        // Registered as the worker, the deletion makes Cancel only flag the
+        // operation: a deletion under way always runs to its end.
+        ctx.operations.attach_worker(&operation.id);
         let ctx = ctx.clone();
         let operation_id = operation.id.clone();
         let backup_id = backup.id.clone();
@@ -97,7 +104,11 @@ pub async fn delete_archive(
             "required; give the id of the archive to delete",
         ));
     }
-    if let Some(operation) = earlier(ctx, caller, DELETE_ARCHIVE_METHOD, &idempotency_key).await? {
+    if let Some(operation) = ctx
+        .operations
+        .find_earlier(caller, DELETE_ARCHIVE_METHOD, idempotency_key.as_deref())
+        .await?
+    {
         return Ok(operation);
     }
     let archive = match ctx.catalog.get_archive(archive_id).await {
@@ -151,6 +162,9 @@ pub async fn delete_archive(
         )
         .await?;
     if created {
+        // Registered as the worker, the deletion makes Cancel only flag the
+        // operation: a deletion under way always runs to its end.
+        ctx.operations.attach_worker(&operation.id);
         let ctx = ctx.clone();
         let operation_id = operation.id.clone();
         tokio::spawn(async move {
@@ -165,21 +179,6 @@ pub async fn delete_archive(
         });
     }
     Ok(operation)
-}
-
-async fn earlier(
-    ctx: &ApiContext,
-    caller: &Caller,
-    method: &str,
-    key: &Option<String>,
-) -> Result<Option<Operation>, ApiError> {
-    let Some(key) = key else { return Ok(None) };
-    let scope = IdempotencyKey {
-        subject: caller.subject.clone(),
-        method: method.to_owned(),
-        key: key.clone(),
-    };
-    Ok(ctx.catalog.find_idempotent_operation(&scope).await?)
 }
 
 async fn live_backup(ctx: &ApiContext, backup_id: &str) -> Result<Backup, ApiError> {

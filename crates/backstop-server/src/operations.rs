@@ -3,11 +3,11 @@
 //!
 //! Handlers validate and authorize, then call [`OperationRegistry::create`]
 //! and return at once. Workers report progress with
-//! [`OperationRegistry::set_metadata`] and end with
-//! [`OperationRegistry::finish`]. `Get` and `Cancel` only read and flag:
-//! a worker registered for the operation is told through its
-//! [`CancellationSignal`]; an operation that no worker runs is ended
-//! `CANCELLED` at once.
+//! [`OperationRegistry::set_metadata_any`] and end with
+//! [`OperationRegistry::finish`]. `Get` and `Cancel` only read and flag.
+//! A worker registered for the operation receives the cancellation through
+//! its [`CancellationSignal`]. An operation that an agent task runs is
+//! flagged for the agent, and one that nothing runs ends `CANCELLED` at once.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -32,7 +32,7 @@ pub struct OperationRegistry {
     workers: std::sync::Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
-/// What [`OperationRegistry::create`] needs besides the caller.
+/// Input of [`OperationRegistry::create`] besides the caller.
 pub struct OperationRequest<'a, M> {
     /// Full gRPC method path, the scope of the idempotency key.
     pub method: &'a str,
@@ -121,6 +121,25 @@ impl OperationRegistry {
         Ok(created)
     }
 
+    /// Returns the operation an earlier call of `method` by the same caller
+    /// recorded under `key`, if any. Handlers whose checks a running
+    /// operation would fail look here first, so a retried call gets its first
+    /// operation back.
+    pub async fn find_earlier(
+        &self,
+        caller: &Caller,
+        method: &str,
+        key: Option<&str>,
+    ) -> Result<Option<Operation>, ApiError> {
+        let Some(key) = key else { return Ok(None) };
+        let scope = IdempotencyKey {
+            subject: caller.subject.clone(),
+            method: method.to_owned(),
+            key: key.to_owned(),
+        };
+        Ok(self.catalog.find_idempotent_operation(&scope).await?)
+    }
+
     /// Registers the worker of an operation and returns the signal it polls.
     pub fn attach_worker(&self, operation_id: &str) -> CancellationSignal {
         let (sender, receiver) = watch::channel(false);
@@ -130,18 +149,6 @@ impl OperationRegistry {
 
     pub async fn get(&self, id: &str) -> Result<Operation, ApiError> {
         Ok(self.catalog.get_operation(id).await?)
-    }
-
-    /// Replaces the metadata of a running operation.
-    pub async fn set_metadata<M: Message + Name>(
-        &self,
-        id: &str,
-        metadata: &M,
-    ) -> Result<Operation, ApiError> {
-        Ok(self
-            .catalog
-            .update_operation_metadata(id, pack(metadata))
-            .await?)
     }
 
     /// Replaces the metadata of a running operation with an encoded message.
@@ -181,8 +188,8 @@ impl OperationRegistry {
         Ok(operation)
     }
 
-    /// Requests cancellation. Returns the operation as it stands afterwards;
-    /// a finished operation is returned unchanged.
+    /// Requests cancellation and returns the operation as it is afterwards.
+    /// A finished operation is returned unchanged.
     pub async fn cancel(&self, id: &str) -> Result<Operation, ApiError> {
         let operation = self.catalog.get_operation(id).await?;
         if operation.done {

@@ -1,7 +1,7 @@
 //! Starting a recovery: the synchronous checks of `StartRecovery` and the
 //! operation with its agent task.
 
-use backstop_catalog::{CatalogError, IdempotencyKey, NewTask, Operation, TaskType};
+use backstop_catalog::{CatalogError, NewTask, Operation, TaskType};
 use backstop_proto::backup::StartRecoveryMetadata;
 
 use crate::{
@@ -15,8 +15,8 @@ use crate::{
 const METHOD: &str = "/yandex.cloud.backup.v1.BackupService/StartRecovery";
 
 /// Checks that `backup_id` can be applied to `instance` now and records
-/// the operation with its task; a repeated idempotency key returns the
-/// first operation and starts nothing.
+/// the operation with its task. A repeated idempotency key returns the first
+/// operation and starts nothing.
 pub async fn start_recovery(
     ctx: &ApiContext,
     caller: &Caller,
@@ -24,15 +24,12 @@ pub async fn start_recovery(
     backup_id: &str,
     instance: &str,
 ) -> Result<Operation, ApiError> {
-    if let Some(key) = &idempotency_key {
-        let scope = IdempotencyKey {
-            subject: caller.subject.clone(),
-            method: METHOD.to_owned(),
-            key: key.clone(),
-        };
-        if let Some(operation) = ctx.catalog.find_idempotent_operation(&scope).await? {
-            return Ok(operation);
-        }
+    let earlier = ctx
+        .operations
+        .find_earlier(caller, METHOD, idempotency_key.as_deref())
+        .await?;
+    if let Some(operation) = earlier {
+        return Ok(operation);
     }
 
     let backup = match ctx.catalog.get_backup(backup_id).await {
@@ -56,18 +53,7 @@ pub async fn start_recovery(
     caller.check_folder(&backup.folder_id)?;
     caller.check_folder(&resource.folder_id)?;
 
-    if !resource.online {
-        return Err(ApiError::FailedPrecondition(format!(
-            "the agent of instance {instance} is offline; start the agent and wait until the instance shows online"
-        )));
-    }
-    if let Some(task) = ctx.catalog.active_task(instance).await? {
-        return Err(ApiError::FailedPrecondition(format!(
-            "instance {instance} is busy with operation {} ({}); wait for it to finish or cancel it",
-            task.operation_id,
-            if task.task_type == TaskType::Recovery { "a recovery" } else { "a backup" }
-        )));
-    }
+    crate::backups::check_instance_ready(ctx, &resource).await?;
     let targets = ctx.catalog.list_instance_disks(instance).await?;
     if targets.len() < backup.disks.len() {
         return Err(ApiError::FailedPrecondition(format!(

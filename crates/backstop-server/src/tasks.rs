@@ -1,5 +1,5 @@
-//! Task payloads: what the server asks an agent to do, stored as JSON with
-//! each task, and how task progress shows on its operation.
+//! Task payloads: the work the server gives an agent, stored as JSON with
+//! each task, and the operation metadata that shows a task's progress.
 
 use backstop_proto::backup::{ExecuteMetadata, StartRecoveryMetadata};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@ use std::{collections::HashMap, fmt::Write as _, path::Path};
 use backstop_catalog::SqliteCatalog;
 use backstop_chunkstore::{ChunkDigest, ChunkEntry, Repository};
 
-/// Where one chunk sits in one backup.
+/// Location of one chunk in one backup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkUse {
     pub backup_id: String,

@@ -26,8 +26,8 @@ fn blank_image(path: &Path, size: u64) {
     std::fs::File::create(path).unwrap().set_len(size).unwrap();
 }
 
-/// A server with the backed-up instance, an instance with larger blank
-/// disks and one whose first disk is too small.
+/// Starts a server with the backed-up instance, an instance with larger
+/// blank disks and one whose first disk is too small.
 fn start(dir: &Path) -> (TestServer, std::path::PathBuf, std::path::PathBuf) {
     let (ext4, gpt) = build_disks(dir);
     blank_image(&dir.join("larger-a.raw"), 96 << 20);

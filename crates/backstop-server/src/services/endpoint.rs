@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::ApiContext;
 use crate::ApiError;
 
-/// Endpoint ids this server answers for. `backup`, `cloudbackup` and `baas`
+/// Endpoint ids this server serves. `backup`, `cloudbackup` and `baas`
 /// are the aliases the public API lists for the backup service; `iam` is
 /// needed because the SDKs resolve it before anything else.
 const ENDPOINT_IDS: &[&str] = &[

@@ -1,6 +1,6 @@
 //! gRPC handlers of the public API. Each handler validates the request,
 //! authorizes the caller, converts proto types to catalog types, and calls
-//! the catalog or the operation registry; no handler keeps state of its own.
+//! the catalog or the operation registry. No handler keeps state of its own.
 
 pub mod backup;
 pub mod endpoint;

@@ -18,6 +18,19 @@ use crate::{convert, validate::validate_request, ApiError};
 
 pub struct ResourceApi(pub ApiContext);
 
+impl ResourceApi {
+    /// Loads an instance and checks that the caller may act on its folder.
+    async fn load_resource(
+        &self,
+        caller: &crate::auth::Caller,
+        compute_instance_id: &str,
+    ) -> Result<backstop_catalog::Resource, ApiError> {
+        let resource = self.0.catalog.get_resource(compute_instance_id).await?;
+        caller.check_folder(&resource.folder_id)?;
+        Ok(resource)
+    }
+}
+
 /// How long a registration token lets agents register instances.
 const REGISTRATION_TOKEN_LIFETIME: time::Duration = time::Duration::hours(24);
 
@@ -63,12 +76,8 @@ impl ResourceService for ResourceApi {
         let request = request.into_inner();
         validate_request(&request)?;
         let resource = self
-            .0
-            .catalog
-            .get_resource(&request.compute_instance_id)
-            .await
-            .map_err(ApiError::from)?;
-        caller.check_folder(&resource.folder_id)?;
+            .load_resource(&caller, &request.compute_instance_id)
+            .await?;
         let mut resource = convert::resource(&resource);
         if !request.include_tenant_info {
             resource.tenant_info = None;
@@ -93,13 +102,8 @@ impl ResourceService for ResourceApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         validate_request(&request)?;
-        let resource = self
-            .0
-            .catalog
-            .get_resource(&request.compute_instance_id)
-            .await
-            .map_err(ApiError::from)?;
-        caller.check_folder(&resource.folder_id)?;
+        self.load_resource(&caller, &request.compute_instance_id)
+            .await?;
         let page = self
             .0
             .catalog
@@ -137,13 +141,8 @@ impl ResourceService for ResourceApi {
         let caller = caller(&request)?;
         let request = request.into_inner();
         validate_request(&request)?;
-        let resource = self
-            .0
-            .catalog
-            .get_resource(&request.compute_instance_id)
-            .await
-            .map_err(ApiError::from)?;
-        caller.check_folder(&resource.folder_id)?;
+        self.load_resource(&caller, &request.compute_instance_id)
+            .await?;
         let page = self
             .0
             .catalog
