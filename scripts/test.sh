@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian tools that tests call to build real disk images.
+# Debian tools that tests call: disk images, and jq and curl for the README walkthrough.
 missing=()
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v sfdisk >/dev/null || missing+=(fdisk)
+command -v jq >/dev/null || missing+=(jq)
+command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
     echo "installing Debian packages: ${missing[*]}"
     if [[ $(id -u) -eq 0 ]]; then
