@@ -1,5 +1,8 @@
-//! The `backstop` command: `backstop server` runs the control plane; client
-//! and agent commands join it as they are built.
+//! The `backstop` command: `backstop server` runs the control plane,
+//! `backstop agent` serves an instance's disks, and the client commands
+//! (`backup`, `policy`, `vm`, `operation`, `provider`) call a server.
+
+mod cli;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -37,6 +40,8 @@ enum Command {
     /// Read every chunk the backups in a data folder need and check its
     /// digest; exits with status 1 when a chunk is missing or corrupt.
     Verify(VerifyArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -103,9 +108,15 @@ enum AuthModeArg {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Client commands report on stdout and stderr themselves and log nothing.
+    let command = match cli.command {
+        Command::Client(command) => std::process::exit(cli::run(command)),
+        other => other,
+    };
     init_logging(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    match cli.command {
+    match command {
+        Command::Client(_) => unreachable!("client commands returned above"),
         Command::Server(args) => runtime.block_on(run_server(args)),
         Command::Agent(args) => runtime.block_on(run_agent(args)),
         Command::Verify(args) => {
