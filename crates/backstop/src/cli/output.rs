@@ -5,15 +5,39 @@
 //! 64-bit integers as strings, RFC 3339 timestamps, enums by name and `Any`
 //! with its `@type`.
 
-use std::io::Write as _;
+use std::{io::Write as _, sync::OnceLock};
 
 use anyhow::Context as _;
 use prost::{Message, Name};
-use prost_reflect::{DynamicMessage, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde::Serialize;
 use serde_yaml_ng::Value;
 
 use super::settings::OutputFormat;
+
+/// Returns the API's descriptors plus `google.protobuf.Empty`, which
+/// operation responses name in their `Any` but no API file imports.
+pub fn descriptor_pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut pool = backstop_proto::descriptor_pool().clone();
+        if pool.get_message_by_name("google.protobuf.Empty").is_none() {
+            let empty = prost_types::FileDescriptorProto {
+                name: Some("google/protobuf/empty.proto".to_owned()),
+                package: Some("google.protobuf".to_owned()),
+                message_type: vec![prost_types::DescriptorProto {
+                    name: Some("Empty".to_owned()),
+                    ..Default::default()
+                }],
+                syntax: Some("proto3".to_owned()),
+                ..Default::default()
+            };
+            pool.add_file_descriptor_proto(empty)
+                .expect("google.protobuf.Empty is a valid file descriptor");
+        }
+        pool
+    })
+}
 
 /// Converts a generated message to a dynamic one of the same type.
 pub fn to_dynamic<M: Message + Name>(message: &M) -> anyhow::Result<DynamicMessage> {
@@ -22,7 +46,7 @@ pub fn to_dynamic<M: Message + Name>(message: &M) -> anyhow::Result<DynamicMessa
 
 /// Decodes `bytes` as the message type `full_name` of the API's descriptors.
 pub fn decode_dynamic(full_name: &str, bytes: &[u8]) -> anyhow::Result<DynamicMessage> {
-    let descriptor = backstop_proto::descriptor_pool()
+    let descriptor = descriptor_pool()
         .get_message_by_name(full_name)
         .with_context(|| format!("message type {full_name} is not in the API's descriptors"))?;
     DynamicMessage::decode(descriptor, bytes)
@@ -283,6 +307,25 @@ mod tests {
         assert_eq!(value["size"], "3145728");
         assert_eq!(value["created_at"], "2023-11-14T22:13:20Z");
         assert_eq!(value["type"], "FULL");
+    }
+
+    #[test]
+    fn operation_with_empty_response_serializes() {
+        let operation = backstop_proto::operation::Operation {
+            id: "op-1".into(),
+            done: true,
+            result: Some(backstop_proto::operation::operation::Result::Response(
+                prost_types::Any {
+                    type_url: "type.googleapis.com/google.protobuf.Empty".into(),
+                    value: Vec::new(),
+                },
+            )),
+            ..Default::default()
+        };
+        let text =
+            render_message(OutputFormat::Json, &to_dynamic(&operation).unwrap()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["response"]["@type"], "type.googleapis.com/google.protobuf.Empty");
     }
 
     #[test]

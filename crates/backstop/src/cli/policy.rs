@@ -298,7 +298,7 @@ fn is_json(path: &Path) -> bool {
 /// Parses PolicySettings; the error text starts with the dotted path of the
 /// field at fault, when there is one.
 fn parse_settings(text: &str, json: bool) -> Result<PolicySettings, String> {
-    let descriptor = backstop_proto::descriptor_pool()
+    let descriptor = super::output::descriptor_pool()
         .get_message_by_name(&PolicySettings::full_name())
         .ok_or("PolicySettings is not in the API's descriptors")?;
     let dynamic = if json {

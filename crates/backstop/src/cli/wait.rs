@@ -151,7 +151,9 @@ enum Reporter {
         id: String,
         started: Instant,
         first_bytes: Option<(Instant, u64)>,
-        last_line: Instant,
+        /// When the last line was printed; `None` until the first one,
+        /// which is printed at the first poll.
+        last_line: Option<Instant>,
         last_sample: Sample,
     },
 }
@@ -164,9 +166,10 @@ impl Reporter {
             format!("{} ({})", operation.description, operation.id)
         };
         if std::io::stderr().is_terminal() {
+            // The label goes on its own line so the bar fits a narrow terminal.
+            eprintln!("{label}");
             let bar = ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stderr());
             bar.set_style(percent_style());
-            bar.set_prefix(label);
             bar.enable_steady_tick(Duration::from_millis(200));
             Reporter::Bar {
                 bar,
@@ -174,12 +177,11 @@ impl Reporter {
             }
         } else {
             eprintln!("waiting for {label}");
-            let now = Instant::now();
             Reporter::Lines {
                 id: operation.id.clone(),
-                started: now,
+                started: Instant::now(),
                 first_bytes: None,
-                last_line: now,
+                last_line: None,
                 last_sample: Sample::default(),
             }
         }
@@ -215,12 +217,14 @@ impl Reporter {
                 if let (None, Some((current, _))) = (&first_bytes, sample.bytes) {
                     *first_bytes = Some((now, current));
                 }
-                let changed = sample != *last_sample;
-                let due = now.duration_since(*last_line);
-                if !(changed && due >= LINE_INTERVAL || due >= QUIET_INTERVAL) {
-                    return;
+                if let Some(previous) = *last_line {
+                    let changed = sample != *last_sample;
+                    let due = now.duration_since(previous);
+                    if !(changed && due >= LINE_INTERVAL || due >= QUIET_INTERVAL) {
+                        return;
+                    }
                 }
-                *last_line = now;
+                *last_line = Some(now);
                 *last_sample = sample;
                 eprintln!("{}", progress_line(id, sample, *first_bytes, *started, now));
             }
@@ -252,14 +256,14 @@ impl Reporter {
 }
 
 fn percent_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix} [{bar:30}] {msg} ({elapsed})")
+    ProgressStyle::with_template("[{bar:30}] {msg} ({elapsed})")
         .expect("valid progress template")
         .progress_chars("=> ")
 }
 
 fn bytes_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {msg} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
+        "[{bar:30}] {msg} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
     )
     .expect("valid progress template")
     .progress_chars("=> ")
