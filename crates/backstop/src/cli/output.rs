@@ -165,7 +165,10 @@ pub fn render_message(format: OutputFormat, message: &DynamicMessage) -> anyhow:
 /// Writes to stdout, ending quietly when the reader has gone (`| head`).
 pub fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write to stdout"),
     }
@@ -202,11 +205,7 @@ fn scalar_text(value: &Value) -> String {
         Value::Bool(flag) => flag.to_string(),
         Value::Number(number) => number.to_string(),
         Value::String(text) => text.clone(),
-        Value::Sequence(items) => items
-            .iter()
-            .map(scalar_text)
-            .collect::<Vec<_>>()
-            .join(","),
+        Value::Sequence(items) => items.iter().map(scalar_text).collect::<Vec<_>>().join(","),
         Value::Mapping(_) | Value::Tagged(_) => serde_yaml_ng::to_string(value)
             .unwrap_or_default()
             .trim()
@@ -322,10 +321,12 @@ mod tests {
             )),
             ..Default::default()
         };
-        let text =
-            render_message(OutputFormat::Json, &to_dynamic(&operation).unwrap()).unwrap();
+        let text = render_message(OutputFormat::Json, &to_dynamic(&operation).unwrap()).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["response"]["@type"], "type.googleapis.com/google.protobuf.Empty");
+        assert_eq!(
+            value["response"]["@type"],
+            "type.googleapis.com/google.protobuf.Empty"
+        );
     }
 
     #[test]

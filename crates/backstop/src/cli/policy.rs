@@ -282,11 +282,7 @@ pub fn read_settings_file(path: &Path) -> anyhow::Result<PolicySettings> {
         ))
     })?;
     parse_settings(&text, is_json(path)).map_err(|error| {
-        UsageError(format!(
-            "invalid settings file {}: {error}",
-            path.display()
-        ))
-        .into()
+        UsageError(format!("invalid settings file {}: {error}", path.display())).into()
     })
 }
 
@@ -326,10 +322,12 @@ where
     let tracked = serde_path_to_error::Deserializer::new(deserializer, &mut track);
     DynamicMessage::deserialize(descriptor, tracked).map_err(|error| {
         let path = track.path().to_string();
-        if path.is_empty() || path == "." {
-            error.to_string()
+        let text = error.to_string();
+        // The YAML deserializer already starts its messages with the path.
+        if path.is_empty() || path == "." || text.starts_with(&path) {
+            text
         } else {
-            format!("field {path}: {error}")
+            format!("field {path}: {text}")
         }
     })
 }

@@ -112,10 +112,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
             token: args.token.clone().or(profile.token),
             folder_id: args.folder_id.clone().or(profile.folder_id),
-            format: args
-                .format
-                .or(profile.format)
-                .unwrap_or(OutputFormat::Text),
+            format: args.format.or(profile.format).unwrap_or(OutputFormat::Text),
             ca_file: args.ca_file.clone().or(profile.ca_file),
         })
     }
@@ -170,7 +167,10 @@ pub struct BearerToken {
 }
 
 impl Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
@@ -285,10 +285,7 @@ fn load_profile(requested: Option<&str>) -> anyhow::Result<Profile> {
         ProfileFile::default()
     } else {
         serde_yaml_ng::from_str(&text).map_err(|error| {
-            UsageError(format!(
-                "invalid profile file {}: {error}",
-                path.display()
-            ))
+            UsageError(format!("invalid profile file {}: {error}", path.display()))
         })?
     };
     let name = match requested.or(file.current.as_deref()) {
@@ -370,10 +367,8 @@ mod tests {
 
     #[test]
     fn profile_rejects_unknown_key() {
-        let error = serde_yaml_ng::from_str::<ProfileFile>(
-            "profiles:\n  lab:\n    folder_id: f\n",
-        )
-        .unwrap_err();
+        let error = serde_yaml_ng::from_str::<ProfileFile>("profiles:\n  lab:\n    folder_id: f\n")
+            .unwrap_err();
         assert!(error.to_string().contains("folder_id"), "{error}");
     }
 }

@@ -8,7 +8,9 @@ use std::{
 
 use backstop_proto::{
     backup::{resource_service_client::ResourceServiceClient, task, ListTasksRequest, Task},
-    operation::{operation, operation_service_client::OperationServiceClient, GetOperationRequest, Operation},
+    operation::{
+        operation, operation_service_client::OperationServiceClient, GetOperationRequest, Operation,
+    },
 };
 use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prost_reflect::{DynamicMessage, ReflectMessage as _, Value};
@@ -287,7 +289,11 @@ fn progress_line(
         )),
     }
     if let Some((current, total)) = sample.bytes {
-        line.push_str(&format!(", {} of {}", BinaryBytes(current), BinaryBytes(total)));
+        line.push_str(&format!(
+            ", {} of {}",
+            BinaryBytes(current),
+            BinaryBytes(total)
+        ));
         if let Some((since, base)) = first_bytes {
             let seconds = now.duration_since(since).as_secs_f64();
             if seconds > 0.0 && current > base {
