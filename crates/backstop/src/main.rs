@@ -108,18 +108,13 @@ enum AuthModeArg {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Client commands report on stdout and stderr themselves and log nothing.
-    let command = match cli.command {
+    match cli.command {
+        // Client commands report on stdout and stderr themselves and log nothing.
         Command::Client(command) => std::process::exit(cli::run(command)),
-        other => other,
-    };
-    init_logging(cli.log_format);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    match command {
-        Command::Client(_) => unreachable!("client commands returned above"),
-        Command::Server(args) => runtime.block_on(run_server(args)),
-        Command::Agent(args) => runtime.block_on(run_agent(args)),
+        Command::Server(args) => service_runtime(cli.log_format)?.block_on(run_server(args)),
+        Command::Agent(args) => service_runtime(cli.log_format)?.block_on(run_agent(args)),
         Command::Verify(args) => {
+            let runtime = service_runtime(cli.log_format)?;
             let config = match &args.config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| {
@@ -142,6 +137,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Sets up logging and the async runtime of the server, agent and verify
+/// commands.
+fn service_runtime(log_format: LogFormat) -> anyhow::Result<tokio::runtime::Runtime> {
+    init_logging(log_format);
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {

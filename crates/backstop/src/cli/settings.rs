@@ -41,6 +41,7 @@ pub enum OutputFormat {
 /// Flags shared by every client command. Each one falls back to its
 /// environment variable, then to the selected profile.
 #[derive(clap::Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Global flags")]
 pub struct ClientArgs {
     /// Server address: host:port, http://host:port or https://host:port
     /// [default: 127.0.0.1:9000].
