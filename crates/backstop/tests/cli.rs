@@ -372,7 +372,7 @@ async fn policy_backup_and_recovery_flow() {
         "type.googleapis.com/google.protobuf.Empty"
     );
 
-    // Recovery in the foreground; JSON prints the finished operation.
+    // Recovery in the foreground. As JSON it prints the finished operation.
     let recovered = client.ok(&[
         "backup",
         "recover",

@@ -44,7 +44,7 @@ enum BackupCommand {
         /// Filter expression, as the API's `filter`.
         #[arg(long)]
         filter: Option<String>,
-        /// Maximum number of backups to print; 0 prints all.
+        /// Maximum number of backups to print, or 0 for all.
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },

@@ -278,8 +278,8 @@ impl Context {
     }
 }
 
-/// Reads pages until `limit` items (0 for all) or the last page; `fetch`
-/// gets one page for a token and returns its items and the next token.
+/// Reads pages until `limit` items (0 for all) or the last page. `fetch`
+/// gets the page of a token and returns its items and the next token.
 pub async fn collect_pages<T, F, Fut>(limit: usize, mut fetch: F) -> anyhow::Result<Vec<T>>
 where
     F: FnMut(String) -> Fut,
@@ -301,8 +301,8 @@ where
     }
 }
 
-/// Page size to request so that one page covers `limit` items; the API
-/// allows at most 1000 per page.
+/// Returns the page size that covers `limit` items in one page, capped at
+/// the API's maximum of 1000.
 pub fn page_size(limit: usize) -> i64 {
     if limit == 0 {
         1000

@@ -198,7 +198,7 @@ fn flatten(value: &Value, prefix: String, lines: &mut Vec<(String, String)>) {
     }
 }
 
-/// Returns a scalar as plain text; lists are joined with commas.
+/// Returns a scalar as plain text, and a list as its items joined by commas.
 fn scalar_text(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
@@ -219,7 +219,7 @@ fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
         .try_fold(value, |current, key| current.as_mapping()?.get(key))
 }
 
-/// Formats a table cell; a missing field is an empty cell.
+/// Formats a table cell. A missing field gives an empty cell.
 fn cell_text(value: Option<&Value>, cell: Cell) -> String {
     let Some(value) = value else {
         return String::new();

@@ -34,7 +34,7 @@ enum PolicyCommand {
         #[arg(long, required = true)]
         name: Option<String>,
         /// JSON or YAML file with the policy's PolicySettings in the API's
-        /// JSON form; field names in lowerCamelCase or snake_case.
+        /// JSON form, with field names in lowerCamelCase or snake_case.
         #[arg(long, required = true, value_name = "FILE")]
         settings_from_file: Option<PathBuf>,
         #[command(flatten)]
@@ -50,7 +50,7 @@ enum PolicyCommand {
         /// Only policies applied to this instance.
         #[arg(long)]
         instance_id: Option<String>,
-        /// Maximum number of policies to print; 0 prints all.
+        /// Maximum number of policies to print, or 0 for all.
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },
@@ -291,7 +291,7 @@ fn is_json(path: &Path) -> bool {
         .is_some_and(|extension| extension.eq_ignore_ascii_case("json"))
 }
 
-/// Parses PolicySettings; the error text starts with the dotted path of the
+/// Parses PolicySettings. The error text starts with the dotted path of the
 /// field at fault, when there is one.
 fn parse_settings(text: &str, json: bool) -> Result<PolicySettings, String> {
     let descriptor = super::output::descriptor_pool()

@@ -37,7 +37,7 @@ enum VmCommand {
         /// Only instances of this resource type.
         #[arg(long = "type", value_enum)]
         resource_type: Option<ResourceTypeArg>,
-        /// Maximum number of instances to print; 0 prints all.
+        /// Maximum number of instances to print, or 0 for all.
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },
@@ -53,7 +53,7 @@ enum VmCommand {
     ListTasks {
         #[command(flatten)]
         id: IdArg,
-        /// Maximum number of tasks to print; 0 prints all.
+        /// Maximum number of tasks to print, or 0 for all.
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },
@@ -61,7 +61,7 @@ enum VmCommand {
     ListOperations {
         #[command(flatten)]
         id: IdArg,
-        /// Maximum number of operations to print; 0 prints all.
+        /// Maximum number of operations to print, or 0 for all.
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },

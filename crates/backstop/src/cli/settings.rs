@@ -39,7 +39,7 @@ pub enum OutputFormat {
 }
 
 /// Flags shared by every client command. Each one falls back to its
-/// environment variable, then to the selected profile.
+/// environment variable, then (except `--profile`) to the selected profile.
 #[derive(clap::Args, Clone, Debug, Default)]
 #[command(next_help_heading = "Global flags")]
 pub struct ClientArgs {
@@ -61,7 +61,8 @@ pub struct ClientArgs {
     pub format: Option<OutputFormat>,
 
     /// PEM file of the certificate authority that signed the server's TLS
-    /// certificate; turns on TLS [default: the system roots for https://].
+    /// certificate. Turns on TLS for a bare host:port [default: the system
+    /// roots for https://].
     #[arg(long, global = true, env = "BACKSTOP_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 
@@ -131,7 +132,7 @@ impl Settings {
         }
     }
 
-    /// Connects to the server; fails when it cannot be reached within
+    /// Connects to the server, failing when it cannot be reached within
     /// [`CONNECT_TIMEOUT`].
     pub async fn connect(&self) -> anyhow::Result<Transport> {
         let endpoint = build_endpoint(&self.endpoint, self.ca_file.as_deref())?;
@@ -253,7 +254,7 @@ fn profile_file_path() -> Option<(PathBuf, bool)> {
 }
 
 /// Loads the profile named `requested`, else the file's `current` one. A
-/// missing default file means no profile; a missing file named by
+/// missing default file means no profile. A missing file named by
 /// `BACKSTOP_CLI_CONFIG` or a missing profile is an error.
 fn load_profile(requested: Option<&str>) -> anyhow::Result<Profile> {
     let Some((path, explicit)) = profile_file_path() else {

@@ -15,10 +15,15 @@ use backstop_proto::{
 use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prost_reflect::{DynamicMessage, ReflectMessage as _, Value};
 
-use super::{output::decode_dynamic, settings::Transport, OperationFailed};
+use super::{code_name, output::decode_dynamic, settings::Transport, OperationFailed};
 
 /// Time between two polls of the operation.
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
+
+/// How many times a poll is retried while the server is unavailable, and
+/// the pause before each retry.
+const UNAVAILABLE_RETRIES: u32 = 5;
+const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Shortest time between two plain progress lines.
 const LINE_INTERVAL: Duration = Duration::from_secs(1);
@@ -46,12 +51,7 @@ pub async fn wait(transport: &Transport, operation: Operation) -> anyhow::Result
     let mut current = operation;
     while !current.done {
         tokio::time::sleep(POLL_INTERVAL).await;
-        current = operations
-            .get(GetOperationRequest {
-                operation_id: current.id.clone(),
-            })
-            .await?
-            .into_inner();
+        current = poll(&mut operations, &current.id).await?;
         let bytes = match &target {
             Some(target) if !current.done => target.bytes(&mut resources).await,
             _ => None,
@@ -70,6 +70,36 @@ pub async fn wait(transport: &Transport, operation: Operation) -> anyhow::Result
         }
         .into()),
         _ => Ok(current),
+    }
+}
+
+/// Gets the operation, retrying a few times while the server is
+/// unavailable. A final error says that the operation may still be running.
+async fn poll(
+    operations: &mut OperationServiceClient<Transport>,
+    id: &str,
+) -> anyhow::Result<Operation> {
+    let mut attempt = 0;
+    loop {
+        let request = GetOperationRequest {
+            operation_id: id.to_owned(),
+        };
+        match operations.get(request).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && attempt < UNAVAILABLE_RETRIES =>
+            {
+                attempt += 1;
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+            Err(status) => {
+                return Err(anyhow::anyhow!(
+                    "{}: {} while waiting for operation {id}; it may still be running, and `backstop operation wait {id}` waits again",
+                    code_name(status.code() as i32),
+                    status.message()
+                ))
+            }
+        }
     }
 }
 
@@ -100,6 +130,9 @@ fn metadata_string(metadata: &DynamicMessage, field: &str) -> Option<String> {
 /// The instance task whose byte counts show an operation's progress: the
 /// newest BACKUP task for a policy execution, the newest RECOVERY task for
 /// a recovery.
+///
+/// NOTE: a Task does not name its operation, so a scheduled backup that
+/// starts on the same instance during the wait would show its bytes instead.
 struct TaskTarget {
     instance: String,
     kind: task::Type,
