@@ -433,12 +433,63 @@ async fn policy_backup_and_recovery_flow() {
     assert_eq!(deleted.stdout, "done\n");
     let backups = client.ok(&["backup", "list", "--format", "json"]).json();
     assert_eq!(backups, serde_json::json!([]));
+
+    // Revoke, update and delete policies.
+    let revoked = client.ok(&["policy", "revoke", &policy_id, "--instance-id", INSTANCE]);
+    assert_eq!(revoked.stdout, "done\n");
+    let applications = client
+        .ok(&[
+            "policy",
+            "list-applications",
+            "--instance-id",
+            INSTANCE,
+            "--format",
+            "json",
+        ])
+        .json();
+    assert_eq!(applications, serde_json::json!([]));
+    let yaml_policy_id = from_yaml["id"].as_str().unwrap();
+    let high = client.write(
+        "high.yaml",
+        &SETTINGS_YAML.replace("compression: NORMAL", "compression: HIGH"),
+    );
+    let updated = client
+        .ok(&[
+            "policy",
+            "update",
+            yaml_policy_id,
+            "--settings-from-file",
+            path_str(&high),
+            "--format",
+            "json",
+        ])
+        .json();
+    assert_eq!(updated["id"], yaml_policy_id);
+    assert_eq!(updated["settings"]["compression"], "HIGH");
+    let removed = client.ok(&["policy", "delete", "--id", yaml_policy_id]);
+    assert_eq!(removed.stdout, "done\n");
+    let listed = client.ok(&["policy", "list", "--format", "json"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], policy_id.as_str());
 }
 
 #[tokio::test]
 async fn errors_name_code_and_field() {
     let server = TestServer::start();
     let client = Client::new(Some(&server));
+
+    let activated = client.ok(&["provider", "activate"]);
+    assert_eq!(activated.stdout, "done\n");
+    let providers = client.ok(&["provider", "list", "--format", "json"]).json();
+    assert_eq!(providers["names"], serde_json::json!(["cloudbackup"]));
+
+    let unimplemented = client.run(&["backup", "list-files", "some-backup"]);
+    assert_eq!(unimplemented.code, 1);
+    assert!(
+        unimplemented.stderr.starts_with("error: UNIMPLEMENTED: "),
+        "{}",
+        unimplemented.stderr
+    );
 
     let missing = client.run(&["backup", "get", "no-such-backup"]);
     assert_eq!(missing.code, 1);
