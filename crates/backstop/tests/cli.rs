@@ -11,7 +11,10 @@ use std::{
 
 use backstop_catalog::{AnyMessage, Catalog, NewOperation};
 use common::{
-    flows::{build_disks, server_config, wait_online, FOLDER, INSTANCE},
+    flows::{
+        build_disks, create_and_apply_policy, execute_and_wait, server_config, wait_online, FOLDER,
+        INSTANCE,
+    },
     open_catalog, ServerOptions, TestServer,
 };
 use serde_json::Value;
@@ -110,7 +113,12 @@ impl Client {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_backstop"));
+        self.command_of(env!("CARGO_BIN_EXE_backstop"))
+    }
+
+    /// Returns a command for `program` with this client's environment.
+    fn command_of(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
         for variable in CLIENT_VARIABLES {
             command.env_remove(variable);
         }
@@ -471,6 +479,41 @@ async fn policy_backup_and_recovery_flow() {
     let listed = client.ok(&["policy", "list", "--format", "json"]).json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["id"], policy_id.as_str());
+}
+
+/// Runs a recovery under `script`, which gives the client a terminal, and
+/// checks that the terminal shows the progress bar with byte counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_on_terminal_draws_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = instance_server(dir.path()).await;
+    let channel = server.channel().await;
+    let policy_id = create_and_apply_policy(channel.clone()).await;
+    execute_and_wait(channel, &policy_id).await;
+    let client = Client::new(Some(&server));
+    let backup_id = client.ok(&["backup", "list", "--format", "json"]).json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let line = format!(
+        "{} backup recover --source-backup-id {backup_id} --destination-instance-id {INSTANCE}",
+        env!("CARGO_BIN_EXE_backstop")
+    );
+    let mut script = client.command_of("script");
+    script.args(["-qefc", &line, "/dev/null"]);
+    let run = Client::run_command(script);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let screen = run.stdout.replace('\r', "\n");
+    assert!(screen.contains("Recover backup"), "{screen}");
+    assert!(
+        screen.contains("[=============================="),
+        "{screen}"
+    );
+    assert!(screen.contains("MiB/"), "{screen}");
+    assert!(screen.contains(" left"), "{screen}");
+    assert!(screen.trim_end().ends_with("done"), "{screen}");
+    assert!(!screen.contains("waiting for"), "{screen}");
 }
 
 #[tokio::test]

@@ -52,9 +52,11 @@ pub async fn wait(transport: &Transport, operation: Operation) -> anyhow::Result
     while !current.done {
         tokio::time::sleep(POLL_INTERVAL).await;
         current = poll(&mut operations, &current.id).await?;
+        // Read once more after the end too, so the last report has the
+        // final byte counts even when the operation ended before the first poll.
         let bytes = match &target {
-            Some(target) if !current.done => target.bytes(&mut resources).await,
-            _ => None,
+            Some(target) => target.bytes(&mut resources).await,
+            None => None,
         };
         reporter.update(Sample {
             percent: metadata_percent(&current),
