@@ -1,5 +1,8 @@
-//! The `backstop` command: `backstop server` runs the control plane; client
-//! and agent commands join it as they are built.
+//! The `backstop` command: `backstop server` runs the control plane,
+//! `backstop agent` serves an instance's disks, and the client commands
+//! (`backup`, `policy`, `vm`, `operation`, `provider`) call a server.
+
+mod cli;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -37,6 +40,8 @@ enum Command {
     /// Read every chunk the backups in a data folder need and check its
     /// digest; exits with status 1 when a chunk is missing or corrupt.
     Verify(VerifyArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -103,12 +108,13 @@ enum AuthModeArg {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
-        Command::Server(args) => runtime.block_on(run_server(args)),
-        Command::Agent(args) => runtime.block_on(run_agent(args)),
+        // Client commands report on stdout and stderr themselves and log nothing.
+        Command::Client(command) => std::process::exit(cli::run(command)),
+        Command::Server(args) => service_runtime(cli.log_format)?.block_on(run_server(args)),
+        Command::Agent(args) => service_runtime(cli.log_format)?.block_on(run_agent(args)),
         Command::Verify(args) => {
+            let runtime = service_runtime(cli.log_format)?;
             let config = match &args.config {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| {
@@ -131,6 +137,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Sets up logging and the async runtime of the server, agent and verify
+/// commands.
+fn service_runtime(log_format: LogFormat) -> anyhow::Result<tokio::runtime::Runtime> {
+    init_logging(log_format);
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
