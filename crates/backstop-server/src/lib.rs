@@ -14,6 +14,7 @@ mod error;
 mod layer;
 mod operations;
 mod recoveries;
+mod rest;
 mod services;
 mod tasks;
 mod validate;
@@ -162,7 +163,8 @@ pub async fn serve_with_ready(
         .build_v1()
         .context("cannot build the reflection service")?;
 
-    let mut builder = Server::builder();
+    // HTTP/1.1 is for REST clients; gRPC clients use HTTP/2 either way.
+    let mut builder = Server::builder().accept_http1(true);
     if let Some(tls) = &config.tls {
         let cert = std::fs::read(&tls.cert)
             .with_context(|| format!("cannot read {}", tls.cert.display()))?;
@@ -172,7 +174,10 @@ pub async fn serve_with_ready(
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .context("invalid TLS certificate or key")?;
     }
+    // The REST gateway sits outside ApiLayer, so its transcoded calls pass
+    // through authentication and request ids like gRPC calls do.
     let router = builder
+        .layer(rest::GatewayLayer::new().context("cannot build the REST routes")?)
         .layer(layer::ApiLayer::new(authenticator.clone()))
         .add_service(health_service)
         .add_service(reflection)
