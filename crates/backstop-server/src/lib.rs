@@ -35,7 +35,7 @@ use backstop_proto::{
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 pub use auth::{AuthMode, Caller, TokenConfig};
 pub use config::{
@@ -164,16 +164,19 @@ pub async fn serve_with_ready(
         .context("cannot build the reflection service")?;
 
     // HTTP/1.1 is for REST clients; gRPC clients use HTTP/2 either way.
-    let mut builder = Server::builder().accept_http1(true);
-    if let Some(tls) = &config.tls {
-        let cert = std::fs::read(&tls.cert)
-            .with_context(|| format!("cannot read {}", tls.cert.display()))?;
-        let key = std::fs::read(&tls.key)
-            .with_context(|| format!("cannot read {}", tls.key.display()))?;
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .context("invalid TLS certificate or key")?;
-    }
+    // TLS is terminated before tonic (see rest::tls) so that ALPN can
+    // offer http/1.1 next to h2.
+    let builder = Server::builder().accept_http1(true);
+    let tls_acceptor = match &config.tls {
+        Some(tls) => {
+            let cert = std::fs::read(&tls.cert)
+                .with_context(|| format!("cannot read {}", tls.cert.display()))?;
+            let key = std::fs::read(&tls.key)
+                .with_context(|| format!("cannot read {}", tls.key.display()))?;
+            Some(rest::tls::acceptor(&cert, &key).context("invalid TLS certificate or key")?)
+        }
+        None => None,
+    };
     // The REST gateway sits outside ApiLayer, so its transcoded calls pass
     // through authentication and request ids like gRPC calls do.
     let router = builder
@@ -246,7 +249,16 @@ pub async fn serve_with_ready(
         shutdown.await;
         let _ = signalled_tx.send(());
     };
-    let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let serving: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls_acceptor {
+        Some(acceptor) => Box::pin(
+            router.serve_with_incoming_shutdown(rest::tls::incoming(listener, acceptor), shutdown),
+        ),
+        None => Box::pin(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
+        ),
+    };
     tokio::pin!(serving);
     tokio::select! {
         result = &mut serving => result.context("gRPC server failed")?,

@@ -12,18 +12,21 @@
 mod openapi;
 mod routes;
 mod status;
+pub(crate) mod tls;
 mod transcode;
 
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
+use prost::Message as _;
+use prost_reflect::DescriptorPool;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
@@ -57,6 +60,31 @@ const HOP_HEADERS: &[&str] = &[
 const FORWARDED_RESPONSE_HEADERS: &[&str] =
     &["x-request-id", "x-server-request-id", "x-server-trace-id"];
 
+/// Returns the descriptors the gateway works with: the public API, the
+/// well-known types (an operation's `Any` response may be a
+/// `google.protobuf.Empty`, which no API file imports) and
+/// `google.rpc.error_details` for error details.
+pub(crate) fn gateway_pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut pool = DescriptorPool::global();
+        pool.decode_file_descriptor_set(backstop_proto::DESCRIPTOR_SET)
+            .expect("the API descriptors agree with the well-known types");
+        // tonic-types also ships google.rpc.Status under another file name,
+        // so only its error_details file is added.
+        let rpc_files =
+            prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .expect("tonic-types ships a valid descriptor set");
+        for file in rpc_files.file {
+            if file.name().ends_with("error_details.proto") {
+                pool.add_file_descriptor_proto(file)
+                    .expect("the error details descriptors agree with the API descriptors");
+            }
+        }
+        pool
+    })
+}
+
 /// The route table and the OpenAPI document, built once per server.
 struct Gateway {
     routes: RouteTable,
@@ -72,8 +100,7 @@ pub struct GatewayLayer {
 impl GatewayLayer {
     /// Builds the routes from the descriptors of the public API.
     pub fn new() -> anyhow::Result<Self> {
-        let pool = backstop_proto::descriptor_pool();
-        let routes = RouteTable::from_pool(pool).map_err(anyhow::Error::msg)?;
+        let routes = RouteTable::from_pool(gateway_pool()).map_err(anyhow::Error::msg)?;
         let openapi = openapi::openapi_text(&routes).into();
         Ok(GatewayLayer {
             gateway: Arc::new(Gateway { routes, openapi }),

@@ -27,7 +27,7 @@ pub fn openapi_document(routes: &RouteTable) -> Value {
             .insert(route.http_method.as_str().to_ascii_lowercase(), operation);
     }
     schemas.reference_message(
-        &backstop_proto::descriptor_pool()
+        &crate::rest::gateway_pool()
             .get_message_by_name(STATUS_MESSAGE)
             .expect("google.rpc.Status is compiled into the descriptors"),
     );
@@ -410,7 +410,7 @@ mod tests {
     use super::*;
 
     fn document() -> Value {
-        openapi_document(&RouteTable::from_pool(backstop_proto::descriptor_pool()).unwrap())
+        openapi_document(&RouteTable::from_pool(crate::rest::gateway_pool()).unwrap())
     }
 
     /// Compares `docs/openapi.json` with the generated document. Run with
@@ -418,8 +418,7 @@ mod tests {
     #[test]
     fn checked_in_document_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
-        let generated =
-            openapi_text(&RouteTable::from_pool(backstop_proto::descriptor_pool()).unwrap());
+        let generated = openapi_text(&RouteTable::from_pool(crate::rest::gateway_pool()).unwrap());
         if std::env::var_os("BACKSTOP_UPDATE_OPENAPI").is_some() {
             std::fs::write(&path, &generated).expect("write docs/openapi.json");
         }

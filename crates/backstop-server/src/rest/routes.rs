@@ -293,7 +293,7 @@ mod tests {
     use super::*;
 
     fn table() -> RouteTable {
-        RouteTable::from_pool(backstop_proto::descriptor_pool()).expect("route table")
+        RouteTable::from_pool(crate::rest::gateway_pool()).expect("route table")
     }
 
     fn found(table: &RouteTable, method: Method, path: &str) -> (String, Vec<(String, String)>) {
@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn every_annotated_method_has_a_route() {
         let table = table();
-        let pool = backstop_proto::descriptor_pool();
+        let pool = crate::rest::gateway_pool();
         let extension = pool.get_extension_by_name("google.api.http").unwrap();
         for service in REST_SERVICES {
             for method in pool.get_service_by_name(service).unwrap().methods() {

@@ -1,12 +1,10 @@
 //! REST error bodies: the `google.rpc.Status` JSON with the HTTP status
 //! code that the public API pairs with each gRPC code.
 
-use std::sync::OnceLock;
-
 use base64::Engine as _;
 use http::StatusCode;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DynamicMessage;
 use tonic::Code;
 
 /// The HTTP status of each gRPC code, as the Yandex Cloud API design guide
@@ -31,16 +29,6 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
     }
-}
-
-/// Descriptors of `google.rpc.error_details`, for the `details` entries
-/// that the API's own descriptors do not cover.
-fn error_details_pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .expect("tonic-types ships a valid descriptor set")
-    })
 }
 
 /// Builds the `google.rpc.Status` JSON of `status`. When the status has no
@@ -76,9 +64,7 @@ pub fn status_json(status: &tonic::Status, request_id: Option<&str>) -> serde_js
 /// covers keeps its bytes as base64 under `value`.
 fn any_json(any: &prost_types::Any) -> serde_json::Value {
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
-    let descriptor = backstop_proto::descriptor_pool()
-        .get_message_by_name(type_name)
-        .or_else(|| error_details_pool().get_message_by_name(type_name));
+    let descriptor = crate::rest::gateway_pool().get_message_by_name(type_name);
     let fields = descriptor
         .and_then(|descriptor| DynamicMessage::decode(descriptor, any.value.as_slice()).ok())
         .and_then(|message| super::transcode::message_json(&message).ok());

@@ -352,7 +352,7 @@ mod tests {
         query: Option<&str>,
         body: &str,
     ) -> Result<serde_json::Value, Status> {
-        let table = RouteTable::from_pool(backstop_proto::descriptor_pool()).unwrap();
+        let table = RouteTable::from_pool(crate::rest::gateway_pool()).unwrap();
         let Lookup::Found(matched) = table.lookup(&method, path) else {
             panic!("no route for {method} {path}");
         };
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn repeated_fields_append() {
-        let descriptor = backstop_proto::descriptor_pool()
+        let descriptor = crate::rest::gateway_pool()
             .get_message_by_name("yandex.cloud.backup.v1.StartFilesRecoveryRequest")
             .unwrap();
         let mut message = DynamicMessage::new(descriptor);
