@@ -281,6 +281,15 @@ async fn malformed_requests_get_400_naming_input() {
     let unknown_path = rest.get("/backup/v2/everything").await;
     assert_eq!(unknown_path.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown_path.json["code"], Code::NotFound as i32);
+    // Requests rejected before any gRPC call still get request ids, in the
+    // headers and as a RequestInfo detail, and the log line names them.
+    let request_id = unknown_path.headers["x-request-id"].to_str().unwrap();
+    assert!(unknown_path.headers.contains_key("x-server-trace-id"));
+    assert_eq!(unknown_path.json["details"][0]["requestId"], request_id);
+    let logged = server.wait_for_log(|line| {
+        line["message"] == "REST request rejected" && line.to_string().contains(request_id)
+    });
+    assert!(logged.is_some(), "no log line for request {request_id}");
 
     let wrong_method = rest
         .send(Method::PUT, "/backup/v1/policies/p1", None, &[])

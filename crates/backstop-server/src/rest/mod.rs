@@ -188,7 +188,7 @@ where
             let status = tonic::Status::not_found(format!(
                 "no REST method at {method} {path}; {OPENAPI_PATH} lists the paths this server serves"
             ));
-            return error_response(&status, &HeaderMap::new());
+            return rejected(&method, &path, &status);
         }
     };
     let route = matched.route;
@@ -204,13 +204,13 @@ where
             } else {
                 tonic::Status::invalid_argument(format!("cannot read the request body: {error}"))
             };
-            return error_response(&status, &HeaderMap::new());
+            return rejected(&method, &path, &status);
         }
     };
     let message =
         match transcode::request_message(route, &matched.variables, parts.uri.query(), &body) {
             Ok(message) => message,
-            Err(status) => return error_response(&status, &HeaderMap::new()),
+            Err(status) => return rejected(&method, &path, &status),
         };
 
     let mut grpc_request = Request::new(Body::new(Full::new(transcode::grpc_frame(&message))));
@@ -238,7 +238,7 @@ where
         Err(error) => {
             tracing::error!(error = %error, method = %route.grpc_path(), "in-process gRPC call failed");
             let status = tonic::Status::internal("internal error; see the server log");
-            return error_response(&status, &HeaderMap::new());
+            return rejected(&method, &path, &status);
         }
     };
     let (response_parts, response_body) = response.into_parts();
@@ -326,13 +326,41 @@ fn error_response(status: &tonic::Status, grpc_headers: &HeaderMap) -> Response<
     response
 }
 
+/// Writes the error of a request that the gateway rejects before any gRPC
+/// call. It gets its own request and trace ids, logged with the error, as
+/// ApiLayer gives every gRPC call.
+fn rejected(method: &Method, path: &str, status: &tonic::Status) -> Response<Body> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let trace_id = crate::layer::new_trace_id();
+    tracing::info!(
+        request_id = %request_id,
+        trace_id = %trace_id,
+        http_method = %method,
+        path = %path,
+        code = ?status.code(),
+        error = %status.message(),
+        "REST request rejected"
+    );
+    let mut ids = HeaderMap::new();
+    for (name, value) in [
+        ("x-request-id", &request_id),
+        ("x-server-request-id", &request_id),
+        ("x-server-trace-id", &trace_id),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            ids.insert(name, value);
+        }
+    }
+    error_response(status, &ids)
+}
+
 fn method_not_allowed(method: &Method, path: &str, allowed: &[Method]) -> Response<Body> {
     let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let status = tonic::Status::unimplemented(format!(
         "method {method} is not allowed on {path}; use {}",
         names.join(" or ")
     ));
-    let mut response = error_response(&status, &HeaderMap::new());
+    let mut response = rejected(method, path, &status);
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
         response.headers_mut().insert(header::ALLOW, value);

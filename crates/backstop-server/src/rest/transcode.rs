@@ -336,6 +336,10 @@ pub fn grpc_unframe(descriptor: &MessageDescriptor, body: &[u8]) -> Result<Dynam
 
 /// Writes `message` as proto3 JSON: lowerCamelCase names, 64-bit integers
 /// as strings, enums as names, `Any` with `@type`, defaults omitted.
+///
+/// NOTE: an `Any` holding `google.protobuf.Empty` comes out as
+/// `{"@type": ".../google.protobuf.Empty", "value": {}}`, as Go's protojson
+/// writes it. The Java and Python parsers reject that `value` key.
 pub fn message_json(message: &DynamicMessage) -> Result<serde_json::Value, serde_json::Error> {
     message.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
 }
