@@ -36,7 +36,7 @@ use routes::{Lookup, RouteTable};
 /// for a decoded gRPC message.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Where the server serves its OpenAPI document.
+/// Path of the OpenAPI document that the server serves.
 pub const OPENAPI_PATH: &str = "/openapi.json";
 
 /// Request headers that describe the HTTP exchange rather than the call, so

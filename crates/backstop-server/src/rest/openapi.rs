@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::routes::{Route, RouteTable};
 
-/// How deep query parameters follow nested messages (`a.b.c`).
+/// Maximum depth of nested messages that query parameters reach (`a.b.c`).
 const MAX_QUERY_DEPTH: usize = 3;
 
 const STATUS_MESSAGE: &str = "google.rpc.Status";

@@ -14,7 +14,7 @@ pub const REST_SERVICES: &[&str] = &[
     "yandex.cloud.operation.OperationService",
 ];
 
-/// Bindings served on top of the annotations: the public API answers
+/// Bindings served on top of the annotations: the public API serves
 /// `OperationService.Cancel` on POST as well, although its proto lists
 /// only GET.
 const EXTRA_BINDINGS: &[(&str, &str, &str)] = &[(

@@ -7,8 +7,7 @@ use prost::Message as _;
 use prost_reflect::DynamicMessage;
 use tonic::Code;
 
-/// The HTTP status of each gRPC code, as the Yandex Cloud API design guide
-/// lists them (page "Error handling").
+/// Returns the HTTP status that the Yandex Cloud API pairs with a gRPC code.
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,

@@ -45,7 +45,7 @@ enum ScalarKind {
     Text,
 }
 
-/// Where a request value came from, for error messages.
+/// The part of the request that a value came from, named in error messages.
 #[derive(Clone, Copy)]
 pub enum Source {
     Path,
@@ -216,8 +216,8 @@ fn find_field(descriptor: &MessageDescriptor, name: &str) -> Option<FieldDescrip
 }
 
 /// Turns the text of a path variable or query parameter into the JSON
-/// value that proto3 JSON expects for `field`; on failure returns what
-/// the text should have been.
+/// value that proto3 JSON expects for `field`. On failure it returns a
+/// description of the expected text, such as "a 64-bit integer".
 fn text_to_json(field: &FieldDescriptor, text: &str) -> Result<serde_json::Value, String> {
     let kind = match field.kind() {
         Kind::Bool => ScalarKind::Bool,

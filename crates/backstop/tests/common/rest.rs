@@ -25,7 +25,7 @@ pub struct RestClient {
 }
 
 impl RestClient {
-    /// An HTTP/1.1 client for `address` (host:port).
+    /// Returns an HTTP/1.1 client for `address` (host:port).
     pub fn new(address: &str) -> Self {
         RestClient {
             base: format!("http://{address}"),
@@ -34,7 +34,7 @@ impl RestClient {
         }
     }
 
-    /// An HTTP/2 client with prior knowledge (h2c) for `address`.
+    /// Returns an HTTP/2 client with prior knowledge (h2c) for `address`.
     pub fn http2(address: &str) -> Self {
         RestClient {
             base: format!("http://{address}"),
@@ -109,8 +109,8 @@ impl RestClient {
     }
 }
 
-/// The API descriptors plus the well-known types, so that an operation's
-/// `google.protobuf.Empty` response serializes.
+/// Returns the API descriptors plus the well-known types, so that an
+/// operation's `google.protobuf.Empty` response serializes.
 fn pool() -> &'static DescriptorPool {
     static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
