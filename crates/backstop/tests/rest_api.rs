@@ -19,7 +19,7 @@ use backstop_proto::{
 use common::{
     flows::*,
     open_catalog,
-    rest::{grpc_json, RestClient},
+    rest::{grpc_json, tls_get, RestClient},
     with_metadata, ServerOptions, TestServer,
 };
 use http::{Method, StatusCode};
@@ -504,30 +504,16 @@ async fn tls_listener_serves_rest_both_versions() {
         tls: true,
         ..Default::default()
     });
-    let ca = server.data_dir.with_extension("support").join("cert.pem");
-    let port = server.address.rsplit(':').next().unwrap();
-    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
-        let output = std::process::Command::new("curl")
-            .args(["--silent", "--show-error", flag, "--cacert"])
-            .arg(&ca)
-            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-            .args(["--write-out", "\n%{http_code} %{http_version}"])
-            .arg(format!(
-                "https://localhost:{port}/backup/v1/providers?folderId=folder-a"
-            ))
-            .output()
-            .expect("run curl");
-        assert!(
-            output.status.success(),
-            "curl {flag} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert_eq!(
-            stdout.trim(),
-            format!("{{\"folderId\":\"folder-a\"}}\n200 {version}"),
-            "curl {flag} output"
-        );
+    let ca = std::fs::read(server.data_dir.with_extension("support").join("cert.pem")).unwrap();
+    let path = "/backup/v1/providers?folderId=folder-a";
+    for (alpn, version) in [
+        (&b"h2"[..], http::Version::HTTP_2),
+        (&b"http/1.1"[..], http::Version::HTTP_11),
+    ] {
+        let (status, used, body) = tls_get(&server.address, &ca, alpn, path).await;
+        assert_eq!(status, StatusCode::OK, "{version:?}: {body}");
+        assert_eq!(used, version);
+        assert_eq!(body, json!({ "folderId": "folder-a" }), "{version:?}");
     }
 
     // gRPC still works on the same TLS listener.

@@ -109,6 +109,82 @@ impl RestClient {
     }
 }
 
+/// Sends `GET path` over TLS to `address`, offering only `alpn` (`h2` or
+/// `http/1.1`) in the handshake, and trusting only the PEM certificate
+/// `ca_pem`. Returns the status, the HTTP version used and the JSON body.
+pub async fn tls_get(
+    address: &str,
+    ca_pem: &[u8],
+    alpn: &[u8],
+    path: &str,
+) -> (StatusCode, http::Version, serde_json::Value) {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer, ServerName},
+    };
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.expect("CA PEM")).expect("add CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(alpn),
+        "the server agreed to another protocol"
+    );
+    let io = hyper_util::rt::TokioIo::new(tls);
+
+    let response = if alpn == b"h2" {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let request = Request::get(format!("https://localhost{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        sender.send_request(request).await.expect("HTTP/2 request")
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        let request = Request::get(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        sender
+            .send_request(request)
+            .await
+            .expect("HTTP/1.1 request")
+    };
+    let status = response.status();
+    let version = response.version();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("read body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).expect("JSON body");
+    (status, version, json)
+}
+
 /// Returns the API descriptors plus the well-known types, so that an
 /// operation's `google.protobuf.Empty` response serializes.
 fn pool() -> &'static DescriptorPool {
