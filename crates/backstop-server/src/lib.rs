@@ -1,4 +1,5 @@
-//! The Backstop server: the public gRPC API over the catalog.
+//! The Backstop server: the public gRPC API and its REST mapping over the
+//! catalog.
 //!
 //! [`serve`] opens the catalog, ends operations orphaned by an earlier
 //! process, binds the listener and serves until the shutdown future

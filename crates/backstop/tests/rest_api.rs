@@ -471,6 +471,16 @@ async fn openapi_served_matches_checked_in() {
          `BACKSTOP_UPDATE_OPENAPI=1 cargo test -p backstop-server openapi`"
     );
     assert_eq!(served.json["openapi"], "3.0.3");
+
+    let head = RestClient::new(&server.address)
+        .send(Method::HEAD, "/openapi.json", None, &[])
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.json, serde_json::Value::Null, "HEAD has no body");
+    let post = RestClient::new(&server.address)
+        .send(Method::POST, "/openapi.json", None, &[])
+        .await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test]
