@@ -143,7 +143,7 @@ fn header_str<'r, B>(request: &'r Request<B>, name: &str) -> Option<&'r str> {
 
 /// Returns a trace id in the `trace:span:parent:flags` form that the public
 /// API's servers send.
-fn new_trace_id() -> String {
+pub(crate) fn new_trace_id() -> String {
     let mut rng = rand::rng();
     let trace: u64 = rng.random();
     let span: u64 = rng.random();

@@ -1,4 +1,5 @@
-//! The Backstop server: the public gRPC API over the catalog.
+//! The Backstop server: the public gRPC API and its REST mapping over the
+//! catalog.
 //!
 //! [`serve`] opens the catalog, ends operations orphaned by an earlier
 //! process, binds the listener and serves until the shutdown future
@@ -14,6 +15,7 @@ mod error;
 mod layer;
 mod operations;
 mod recoveries;
+mod rest;
 mod services;
 mod tasks;
 mod validate;
@@ -34,7 +36,7 @@ use backstop_proto::{
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 pub use auth::{AuthMode, Caller, TokenConfig};
 pub use config::{
@@ -162,17 +164,24 @@ pub async fn serve_with_ready(
         .build_v1()
         .context("cannot build the reflection service")?;
 
-    let mut builder = Server::builder();
-    if let Some(tls) = &config.tls {
-        let cert = std::fs::read(&tls.cert)
-            .with_context(|| format!("cannot read {}", tls.cert.display()))?;
-        let key = std::fs::read(&tls.key)
-            .with_context(|| format!("cannot read {}", tls.key.display()))?;
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .context("invalid TLS certificate or key")?;
-    }
+    // HTTP/1.1 is for REST clients; gRPC clients use HTTP/2 either way.
+    // TLS is terminated before tonic (see rest::tls) so that ALPN can
+    // offer http/1.1 next to h2.
+    let builder = Server::builder().accept_http1(true);
+    let tls_acceptor = match &config.tls {
+        Some(tls) => {
+            let cert = std::fs::read(&tls.cert)
+                .with_context(|| format!("cannot read {}", tls.cert.display()))?;
+            let key = std::fs::read(&tls.key)
+                .with_context(|| format!("cannot read {}", tls.key.display()))?;
+            Some(rest::tls::acceptor(&cert, &key).context("invalid TLS certificate or key")?)
+        }
+        None => None,
+    };
+    // The REST gateway sits outside ApiLayer, so its transcoded calls pass
+    // through authentication and request ids like gRPC calls do.
     let router = builder
+        .layer(rest::GatewayLayer::new().context("cannot build the REST routes")?)
         .layer(layer::ApiLayer::new(authenticator.clone()))
         .add_service(health_service)
         .add_service(reflection)
@@ -241,7 +250,16 @@ pub async fn serve_with_ready(
         shutdown.await;
         let _ = signalled_tx.send(());
     };
-    let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let serving: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls_acceptor {
+        Some(acceptor) => Box::pin(
+            router.serve_with_incoming_shutdown(rest::tls::incoming(listener, acceptor), shutdown),
+        ),
+        None => Box::pin(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
+        ),
+    };
     tokio::pin!(serving);
     tokio::select! {
         result = &mut serving => result.context("gRPC server failed")?,

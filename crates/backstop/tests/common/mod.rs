@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod flows;
+pub mod rest;
 
 use std::{
     io::{BufRead, BufReader},
