@@ -57,14 +57,11 @@ def test_rest_operation_parses_as_sdk_message(start_server):
     assert headers["x-request-id"]
     assert body["metadata"]["@type"] == "type.googleapis.com/yandex.cloud.backup.v1.ActivateProviderMetadata"
 
-    # The server writes an Empty inside Any as {"@type": ..., "value": {}},
-    # as the proto3 JSON spec and Go's protojson do. Python's json_format
-    # (checked with protobuf 6.33) rejects the "value" key for Empty, so it is
-    # dropped before parsing. Importing empty_pb2 lets the parser resolve
-    # the type.
+    # An Empty inside Any comes as {"@type": ...} alone, which the SDK's
+    # json_format reads. Importing empty_pb2 lets the parser resolve the type.
     empty_type = "type.googleapis.com/" + empty_pb2.Empty.DESCRIPTOR.full_name
-    assert body["response"] == {"@type": empty_type, "value": {}}
-    parsable = dict(body, response={"@type": empty_type})
+    assert body["response"] == {"@type": empty_type}
+    parsable = body
     # The SDK's own JSON parser accepts the body, and the result equals what
     # gRPC returns for the same operation.
     from_rest = json_format.ParseDict(parsable, operation_pb2.Operation())

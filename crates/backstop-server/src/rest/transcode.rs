@@ -337,11 +337,37 @@ pub fn grpc_unframe(descriptor: &MessageDescriptor, body: &[u8]) -> Result<Dynam
 /// Writes `message` as proto3 JSON: lowerCamelCase names, 64-bit integers
 /// as strings, enums as names, `Any` with `@type`, defaults omitted.
 ///
-/// NOTE: an `Any` holding `google.protobuf.Empty` comes out as
-/// `{"@type": ".../google.protobuf.Empty", "value": {}}`, as Go's protojson
-/// writes it. The Java and Python parsers reject that `value` key.
+/// An `Any` holding `google.protobuf.Empty` is written as `{"@type": ...}`
+/// alone, the form the C++ library behind Envoy's transcoder and the Python
+/// and Java parsers use. prost-reflect, like Go, adds `"value": {}`, which
+/// those parsers reject, so it is dropped here.
 pub fn message_json(message: &DynamicMessage) -> Result<serde_json::Value, serde_json::Error> {
-    message.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+    let mut json =
+        message.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())?;
+    drop_empty_any_values(&mut json);
+    Ok(json)
+}
+
+/// Removes the `value` key of every `Any` object that holds `Empty`.
+fn drop_empty_any_values(json: &mut serde_json::Value) {
+    match json {
+        serde_json::Value::Object(map) => {
+            let holds_empty = map
+                .get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with("/google.protobuf.Empty"));
+            if holds_empty
+                && map
+                    .get("value")
+                    .is_some_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
+            {
+                map.remove("value");
+            }
+            map.values_mut().for_each(drop_empty_any_values);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_empty_any_values),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +388,21 @@ mod tests {
         };
         let message = request_message(matched.route, &matched.variables, query, body.as_bytes())?;
         Ok(message_json(&message).unwrap())
+    }
+
+    #[test]
+    fn empty_any_has_no_value_key() {
+        let mut json = serde_json::json!({
+            "done": true,
+            "response": {"@type": "type.googleapis.com/google.protobuf.Empty", "value": {}},
+            "metadata": {"@type": "type.googleapis.com/x.Y", "value": {}},
+        });
+        drop_empty_any_values(&mut json);
+        assert_eq!(
+            json["response"],
+            serde_json::json!({"@type": "type.googleapis.com/google.protobuf.Empty"})
+        );
+        assert_eq!(json["metadata"]["value"], serde_json::json!({}));
     }
 
     #[test]

@@ -204,7 +204,15 @@ pub fn grpc_json<M: prost::Message>(full_name: &str, message: &M) -> serde_json:
         .unwrap_or_else(|| panic!("{full_name} missing from the descriptors"));
     let dynamic =
         DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice()).expect("decode");
-    dynamic
+    let mut json = dynamic
         .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
-        .expect("serialize")
+        .expect("serialize");
+    // The gateway writes an Empty inside Any as `{"@type": ...}` alone.
+    let empty =
+        serde_json::json!({"@type": "type.googleapis.com/google.protobuf.Empty", "value": {}});
+    if json.get("response") == Some(&empty) {
+        json["response"] =
+            serde_json::json!({"@type": "type.googleapis.com/google.protobuf.Empty"});
+    }
+    json
 }
