@@ -101,7 +101,20 @@ enum AuthModeArg {
     Development,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints an error and its causes without a backtrace, even when
+/// `RUST_BACKTRACE` is set, and exits with status 1.
+fn main() -> std::process::ExitCode {
+    let Err(error) = run() else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    std::process::ExitCode::FAILURE
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -139,7 +152,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(backstop_server::serve_with_ready(
         config,
-        shutdown_signal(),
+        shutdown_signal("draining calls"),
         Some(ready_tx),
     ));
 
@@ -164,7 +177,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read agent configuration {}", args.config.display()))?;
     let config = backstop_agent::AgentConfig::from_toml(&text)
         .with_context(|| format!("invalid agent configuration {}", args.config.display()))?;
-    backstop_agent::run_agent(config, shutdown_signal()).await
+    backstop_agent::run_agent(config, shutdown_signal("stopping the agent")).await
 }
 
 /// Builds agent configurations for the instances the server runs itself.
@@ -249,9 +262,15 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,sqlx=warn")
-    });
+    const DEFAULT_FILTER: &str = "info,h2=warn,tower=warn,hyper=warn,sqlx=warn";
+    let mut rejected = None;
+    let filter = match std::env::var("BACKSTOP_LOG") {
+        Ok(value) => tracing_subscriber::EnvFilter::try_new(&value).unwrap_or_else(|error| {
+            rejected = Some((value, error));
+            tracing_subscriber::EnvFilter::new(DEFAULT_FILTER)
+        }),
+        Err(_) => tracing_subscriber::EnvFilter::new(DEFAULT_FILTER),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -264,10 +283,19 @@ fn init_logging(format: LogFormat) {
             .with_current_span(true)
             .init(),
     }
+    if let Some((value, error)) = rejected {
+        tracing::warn!(
+            value = %value,
+            error = %error,
+            default = DEFAULT_FILTER,
+            "invalid BACKSTOP_LOG filter; using the default filter"
+        );
+    }
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on the first SIGINT or SIGTERM and logs the signal followed by
+/// `next_step`, which says what the process does now.
+async fn shutdown_signal(next_step: &'static str) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
@@ -276,15 +304,16 @@ async fn shutdown_signal() {
                 signal.recv().await;
             }
             Err(error) => {
-                tracing::error!(error = %error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                tracing::error!(error = %error, "cannot listen for SIGTERM; only SIGINT stops this process");
                 std::future::pending::<()>().await;
             }
         }
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => tracing::info!("SIGINT received, draining calls"),
-        _ = terminate => tracing::info!("SIGTERM received, draining calls"),
-    }
+    let signal = tokio::select! {
+        _ = interrupt => "SIGINT",
+        _ = terminate => "SIGTERM",
+    };
+    tracing::info!("{signal} received, {next_step}");
 }
