@@ -348,7 +348,7 @@ pub(crate) fn engine_failure(error: backstop_engine::Error) -> TaskFailure {
 /// with the backoff capped at 5 s this covers about 30 s.
 const CONFIRM_ATTEMPTS: usize = 8;
 
-/// Why the server told the agent to stop a task.
+/// Reason the server gave for stopping a task.
 #[derive(Clone, Debug)]
 pub(crate) enum StopReason {
     /// The user cancelled the operation.

@@ -109,6 +109,9 @@ fn main() -> std::process::ExitCode {
     };
     eprintln!("error: {error}");
     for cause in error.chain().skip(1) {
+        // Indent continuation lines, such as those of a TOML parse error, so
+        // that each cause reads as one block.
+        let cause = cause.to_string().replace('\n', "\n    ");
         eprintln!("  caused by: {cause}");
     }
     std::process::ExitCode::FAILURE
@@ -294,7 +297,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Resolves on the first SIGINT or SIGTERM and logs the signal followed by
-/// `next_step`, which says what the process does now.
+/// `next_step`, the action the process takes next.
 async fn shutdown_signal(next_step: &'static str) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -158,8 +158,8 @@ fn server_rejects_folder_as_local_disk() {
 fn busy_port_leaves_no_data_folder() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = taken.local_addr().unwrap().to_string();
+    let busy_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy_listener.local_addr().unwrap().to_string();
 
     let output = run_backstop(
         &[
