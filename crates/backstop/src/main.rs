@@ -296,27 +296,43 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM and logs the signal followed by
-/// `next_step`, the action the process takes next.
-async fn shutdown_signal(next_step: &'static str) {
-    let interrupt = tokio::signal::ctrl_c();
+/// Installs the SIGINT and SIGTERM handlers at once, so that a signal sent
+/// during start-up is not lost. The returned future resolves on the first of
+/// them and logs the signal followed by `next_step`, the action the process
+/// takes next. Must be called inside the tokio runtime.
+fn shutdown_signal(next_step: &'static str) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(handler) => Some(handler),
             Err(error) => {
-                tracing::error!(error = %error, "cannot listen for SIGTERM; only SIGINT stops this process");
-                std::future::pending::<()>().await;
+                tracing::error!(error = %error, "cannot listen for {name}; the signal stops this process at once");
+                None
             }
-        }
+        };
+        (
+            install(SignalKind::interrupt(), "SIGINT"),
+            install(SignalKind::terminate(), "SIGTERM"),
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    let signal = tokio::select! {
-        _ = interrupt => "SIGINT",
-        _ = terminate => "SIGTERM",
-    };
-    tracing::info!("{signal} received, {next_step}");
+    async move {
+        #[cfg(unix)]
+        let signal = {
+            let (mut interrupt, mut terminate) = handlers;
+            tokio::select! {
+                Some(()) = async { interrupt.as_mut()?.recv().await } => "SIGINT",
+                Some(()) = async { terminate.as_mut()?.recv().await } => "SIGTERM",
+                // Neither handler could be installed, so only the default
+                // action of a signal stops the process.
+                else => std::future::pending::<&str>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        };
+        tracing::info!("{signal} received, {next_step}");
+    }
 }
