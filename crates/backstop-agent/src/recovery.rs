@@ -1,16 +1,16 @@
 //! Recovery on the agent: hooks around it, then every disk of the backup
 //! written onto the matching disk of the instance.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use backstop_chunkstore::{ManifestId, Repository};
-use backstop_engine::{CancellationToken, Progress, RestoreOptions};
+use backstop_engine::{Progress, RestoreOptions};
 use backstop_proto::agent::{RecoveryResult, RecoveryWork};
 use tonic::Code;
 
 use crate::{
     remote::Client,
-    runner::{engine_failure, failure, ProgressReporter, TaskFailure},
+    runner::{engine_failure, failure, stopped_failure, ProgressReporter, TaskFailure},
     AgentConfig,
 };
 
@@ -51,18 +51,14 @@ pub(crate) async fn run_recovery(
         ));
     }
 
-    run_hook("pre-recovery", config.hooks.pre_recovery.as_deref()).await?;
-
     let total: u64 = manifest.disks.iter().map(|d| d.size_bytes).sum();
-    let reporter = Arc::new(ProgressReporter {
-        client: client.clone(),
-        instance: config.compute_instance_id.clone(),
-        task_id,
-        total: total as i64,
-        cancel: CancellationToken::new(),
-        last: Mutex::new((None, 0)),
-    });
-    reporter.report(work.resume_offset, true);
+    let reporter = Arc::new(ProgressReporter::new(client, config, task_id, total as i64));
+    // The heartbeat timeout may have failed the task while this agent was
+    // paused after taking it, so ask the server before the hook runs and
+    // before anything is written.
+    reporter.confirm(work.resume_offset).await?;
+
+    run_hook("pre-recovery", config.hooks.pre_recovery.as_deref()).await?;
 
     let mut result = RecoveryResult::default();
     let mut done_before: u64 = 0;
@@ -87,22 +83,32 @@ pub(crate) async fn run_recovery(
         let stats = backstop_engine::restore_disk(repository, disk, &target.path, &options, &sink, &reporter.cancel)
             .await
             .map_err(|error| match error {
-                backstop_engine::Error::Cancelled { processed } => failure(
-                    Code::Cancelled,
-                    format!(
-                        "recovery cancelled by the user; disk `{}` ({}) holds a partial restore up to byte \
-                         {processed} and the disks after it were not written; run the recovery again to \
-                         complete it",
-                        target.name,
-                        target.path.display()
-                    ),
-                ),
-                error @ backstop_engine::Error::DataLoss { .. } => failure(
+                cancelled @ backstop_engine::Error::Cancelled { .. } => {
+                    stopped_failure(&reporter, "recovery", cancelled, |processed| {
+                        format!(
+                            "disk `{}` ({}) contains a partial restore up to byte {processed} and the disks \
+                             after it were not written; run the recovery again to complete it",
+                            target.name,
+                            target.path.display()
+                        )
+                    })
+                }
+                backstop_engine::Error::DataLoss {
+                    disk,
+                    offset,
+                    digest,
+                    source,
+                } => failure(
                     Code::DataLoss,
                     format!(
-                        "backup {}: {error}; nothing unverified was written; run verify on the repository and \
-                         recover from another backup",
-                        work.backup_id
+                        "backup {}: chunk {digest} of disk `{disk}` at byte offset {offset} is missing or corrupt \
+                         in the repository ({source}). Target disk `{}` ({}) now contains a partial restore: \
+                         the range of that chunk was not written, other ranges of the disk may have been, and \
+                         the disks after it were not written. Run `backstop verify` on the server's data folder \
+                         and recover from another backup",
+                        work.backup_id,
+                        target.name,
+                        target.path.display()
                     ),
                 ),
                 other => engine_failure(other),
@@ -117,7 +123,7 @@ pub(crate) async fn run_recovery(
             "disk restored"
         );
     }
-    reporter.report(total as i64, true);
+    reporter.report_last(total as i64).await;
 
     run_hook("post-recovery", config.hooks.post_recovery.as_deref()).await?;
     tracing::info!(task_id, backup_id = %work.backup_id, bytes_written = result.bytes_written, "recovery finished");

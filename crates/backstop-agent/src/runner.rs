@@ -54,6 +54,9 @@ impl Interceptor for AuthInterceptor {
 pub(crate) struct TaskFailure {
     pub(crate) code: Code,
     pub(crate) message: String,
+    /// True when the server had already ended the task, so there is no
+    /// result to report.
+    pub(crate) ended_by_server: bool,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -64,6 +67,14 @@ pub async fn run_agent(
     let problems = config.problems();
     if !problems.is_empty() {
         anyhow::bail!("invalid agent configuration:\n  {}", problems.join("\n  "));
+    }
+    let problems = disk_problems(&config);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "cannot serve the disks of instance {}:\n  {}",
+            config.compute_instance_id,
+            problems.join("\n  ")
+        );
     }
     let client = connect(&config).await?;
     let instance = config.compute_instance_id.clone();
@@ -105,11 +116,10 @@ pub async fn run_agent(
                 }
             }
             let result = match (&repository, task.work) {
-                (None, _) => Err(TaskFailure {
-                    code: Code::Unavailable,
-                    message: "the agent cannot open the server's repository; see the agent log"
-                        .to_owned(),
-                }),
+                (None, _) => Err(failure(
+                    Code::Unavailable,
+                    "the agent cannot open the server's repository; see the agent log",
+                )),
                 (Some(repository), Some(Work::Backup(work))) => {
                     run_backup(&client, &config, repository, task.task_id, &work)
                         .await
@@ -120,12 +130,17 @@ pub async fn run_agent(
                         .await
                         .map(complete_task_request::Result::Recovery)
                 }
-                (Some(_), None) => Err(TaskFailure {
-                    code: Code::InvalidArgument,
-                    message: "the task has no work; the server and agent versions may differ"
-                        .to_owned(),
-                }),
+                (Some(_), None) => Err(failure(
+                    Code::InvalidArgument,
+                    "the task has no work; the server and agent versions may differ",
+                )),
             };
+            if let Err(failure) = &result {
+                if failure.ended_by_server {
+                    tracing::warn!(task_id = task.task_id, message = %failure.message, "task stopped because the server had ended it");
+                    continue;
+                }
+            }
             let result = result.unwrap_or_else(|failure| {
                 tracing::warn!(task_id = task.task_id, code = ?failure.code, message = %failure.message, "task failed");
                 complete_task_request::Result::Error(TaskError {
@@ -189,6 +204,16 @@ async fn connect(config: &AgentConfig) -> anyhow::Result<Client> {
             std::fs::read(ca).with_context(|| format!("cannot read tls_ca {}", ca.display()))?;
         endpoint = endpoint
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    } else if config.server.starts_with("https://") {
+        // Without tls_ca the server's certificate must chain to a CA that the
+        // system trusts; SSL_CERT_FILE and SSL_CERT_DIR override the system
+        // store, as in OpenSSL.
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_native_roots())
+            .context(
+                "server is https:// and tls_ca is not set, but the system's trusted CA certificates \
+                 cannot be loaded; set tls_ca to the PEM file of the CA that signed the server's certificate",
+            )?;
     }
     let channel = endpoint.connect_lazy();
     let token = match &config.token {
@@ -206,14 +231,33 @@ async fn connect(config: &AgentConfig) -> anyhow::Result<Client> {
     )
 }
 
+/// Opens every configured disk once and lists those that cannot be read, so
+/// that a wrong path stops the agent at start and not at the first backup.
+fn disk_problems(config: &AgentConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, disk) in config.disks.iter().enumerate() {
+        if let Err(error) = backstop_engine::disk_size(&disk.path) {
+            problems.push(format!(
+                "disk `{}` (disks[{i}].path = {}): {error}; set the path of an existing image file or \
+                 block device that the agent can read",
+                disk.name,
+                disk.path.display()
+            ));
+        }
+    }
+    problems
+}
+
+/// Describes the disks for the server. A disk that became unreadable after
+/// the start-up check is reported with size 0.
 fn disk_infos(config: &AgentConfig) -> Vec<DiskInfo> {
     config
         .disks
         .iter()
         .map(|d| DiskInfo {
             name: d.name.clone(),
-            size: std::fs::metadata(&d.path)
-                .map(|m| m.len() as i64)
+            size: backstop_engine::disk_size(&d.path)
+                .map(|size| size as i64)
                 .unwrap_or(0),
             device_model: d.device_model.clone(),
         })
@@ -284,6 +328,7 @@ pub(crate) fn failure(code: Code, message: impl Into<String>) -> TaskFailure {
     TaskFailure {
         code,
         message: message.into(),
+        ended_by_server: false,
     }
 }
 
@@ -299,18 +344,122 @@ pub(crate) fn engine_failure(error: backstop_engine::Error) -> TaskFailure {
     failure(code, error.to_string())
 }
 
+/// Attempts to confirm a task with the server before it touches any data;
+/// with the backoff capped at 5 s this covers about 30 s.
+const CONFIRM_ATTEMPTS: usize = 8;
+
+/// Reason the server gave for stopping a task.
+#[derive(Clone, Debug)]
+pub(crate) enum StopReason {
+    /// The user cancelled the operation.
+    CancelledByUser,
+    /// The server had already ended the task, for example because the
+    /// heartbeat timeout failed it; the message is the server's.
+    EndedByServer(String),
+}
+
 /// Sends progress to the server at most every [`PROGRESS_INTERVAL`] and
-/// fires `cancel` when the server reports that the user cancelled.
+/// fires `cancel` when the server replies that the user cancelled the task
+/// or that the task has already ended.
 pub(crate) struct ProgressReporter {
-    pub(crate) client: Client,
-    pub(crate) instance: String,
-    pub(crate) task_id: i64,
-    pub(crate) total: i64,
+    client: Client,
+    instance: String,
+    task_id: i64,
+    total: i64,
     pub(crate) cancel: CancellationToken,
-    pub(crate) last: Mutex<(Option<tokio::time::Instant>, i64)>,
+    last: Mutex<(Option<tokio::time::Instant>, i64)>,
+    stop_reason: Arc<Mutex<Option<StopReason>>>,
 }
 
 impl ProgressReporter {
+    pub(crate) fn new(client: &Client, config: &AgentConfig, task_id: i64, total: i64) -> Self {
+        ProgressReporter {
+            client: client.clone(),
+            instance: config.compute_instance_id.clone(),
+            task_id,
+            total,
+            cancel: CancellationToken::new(),
+            last: Mutex::new((None, 0)),
+            stop_reason: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Returns why the server stopped the task, if it did.
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
+        self.stop_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn request(&self, current: i64) -> ReportProgressRequest {
+        ReportProgressRequest {
+            compute_instance_id: self.instance.clone(),
+            task_id: self.task_id,
+            current,
+            total: self.total,
+        }
+    }
+
+    /// Reports `current` and waits for the reply, so that nothing is read
+    /// or written for a task that the user cancelled or the server already
+    /// ended. Retries while the server is unavailable.
+    pub(crate) async fn confirm(&self, current: i64) -> Result<(), TaskFailure> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            let reply = self
+                .client
+                .clone()
+                .report_progress(self.request(current))
+                .await;
+            match reply {
+                Err(status) if status.code() == Code::Unavailable && attempt < CONFIRM_ATTEMPTS => {
+                    tracing::warn!(task_id = self.task_id, error = %status, "server unavailable; retrying the task confirmation");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                Err(status) if is_task_ended(&status) => {
+                    record_stop(&self.stop_reason, &self.cancel, self.task_id, Err(&status));
+                    return Err(TaskFailure {
+                        code: Code::Aborted,
+                        message: format!(
+                            "the server had already ended task {} ({}); nothing was written",
+                            self.task_id,
+                            status.message()
+                        ),
+                        ended_by_server: true,
+                    });
+                }
+                Err(status) => {
+                    return Err(failure(
+                        Code::Unavailable,
+                        format!(
+                            "cannot confirm task {} with the server: {status}; nothing was written, start the \
+                             operation again once the agent reaches the server",
+                            self.task_id
+                        ),
+                    ));
+                }
+                Ok(response) if response.get_ref().cancel_requested => {
+                    record_stop(&self.stop_reason, &self.cancel, self.task_id, Ok(()));
+                    return Err(failure(
+                        Code::Cancelled,
+                        "cancelled by the user before the agent started; nothing was written",
+                    ));
+                }
+                Ok(_) => {
+                    *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                        (Some(tokio::time::Instant::now()), current);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends `current` in the background unless a report went out less
+    /// than [`PROGRESS_INTERVAL`] ago; `force` sends it anyway.
     pub(crate) fn report(&self, current: i64, force: bool) {
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -321,23 +470,103 @@ impl ProgressReporter {
             *last = (Some(tokio::time::Instant::now()), current);
         }
         let mut client = self.client.clone();
-        let request = ReportProgressRequest {
-            compute_instance_id: self.instance.clone(),
-            task_id: self.task_id,
-            current,
-            total: self.total,
-        };
+        let request = self.request(current);
         let cancel = self.cancel.clone();
+        let stop_reason = self.stop_reason.clone();
+        let task_id = self.task_id;
         tokio::spawn(async move {
             match client.report_progress(request).await {
                 Ok(response) if response.get_ref().cancel_requested => {
-                    tracing::info!("the user cancelled the task");
-                    cancel.cancel();
+                    record_stop(&stop_reason, &cancel, task_id, Ok(()));
                 }
                 Ok(_) => {}
-                Err(status) => tracing::warn!(error = %status, "progress report failed"),
+                Err(status) if is_task_ended(&status) => {
+                    record_stop(&stop_reason, &cancel, task_id, Err(&status));
+                }
+                Err(status) => tracing::warn!(task_id, error = %status, "progress report failed"),
             }
         });
+    }
+
+    /// Sends the last report of a finished task and waits for it, so that
+    /// it reaches the server before the task's result does.
+    pub(crate) async fn report_last(&self, current: i64) {
+        match self
+            .client
+            .clone()
+            .report_progress(self.request(current))
+            .await
+        {
+            Ok(_) => {}
+            Err(status) if is_task_ended(&status) => {
+                record_stop(&self.stop_reason, &self.cancel, self.task_id, Err(&status));
+            }
+            Err(status) => {
+                tracing::warn!(task_id = self.task_id, error = %status, "progress report failed")
+            }
+        }
+    }
+}
+
+/// Returns true for the replies the server sends about a task that ended
+/// or that it does not know.
+fn is_task_ended(status: &Status) -> bool {
+    matches!(status.code(), Code::FailedPrecondition | Code::NotFound)
+}
+
+/// Records why the task stops, logs it once and fires `cancel`. `Ok` means
+/// the user cancelled; `Err` carries the server's reply about an ended task.
+fn record_stop(
+    stop_reason: &Mutex<Option<StopReason>>,
+    cancel: &CancellationToken,
+    task_id: i64,
+    reply: Result<(), &Status>,
+) {
+    let mut reason = stop_reason.lock().unwrap_or_else(|p| p.into_inner());
+    if reason.is_none() {
+        match reply {
+            Ok(()) => {
+                tracing::info!(task_id, "the user cancelled the task");
+                *reason = Some(StopReason::CancelledByUser);
+            }
+            Err(status) => {
+                tracing::warn!(task_id, error = %status.message(), "the server has ended the task; stopping it");
+                *reason = Some(StopReason::EndedByServer(status.message().to_owned()));
+            }
+        }
+    }
+    cancel.cancel();
+}
+
+/// Maps an engine error of a task that the reporter may have stopped: a
+/// cancellation caused by the server's end of the task carries the
+/// server's reason and is not reported back.
+pub(crate) fn stopped_failure(
+    reporter: &ProgressReporter,
+    kind: &str,
+    error: backstop_engine::Error,
+    what_was_written: impl FnOnce(u64) -> String,
+) -> TaskFailure {
+    let backstop_engine::Error::Cancelled { processed } = error else {
+        return engine_failure(error);
+    };
+    match reporter.stop_reason() {
+        Some(StopReason::EndedByServer(reason)) => TaskFailure {
+            code: Code::Aborted,
+            message: format!(
+                "the server ended {kind} task {} while it ran ({reason}); {}",
+                reporter.task_id,
+                what_was_written(processed)
+            ),
+            ended_by_server: true,
+        },
+        _ => failure(
+            Code::Cancelled,
+            format!(
+                "{kind} cancelled by the user; {}",
+                what_was_written(processed)
+            ),
+        ),
     }
 }
 
@@ -367,7 +596,7 @@ async fn run_backup(
     let sizes: Vec<i64> = config
         .disks
         .iter()
-        .map(|d| std::fs::metadata(&d.path).map(|m| m.len() as i64))
+        .map(|d| backstop_engine::disk_size(&d.path).map(|size| size as i64))
         .collect::<Result<_, _>>()
         .map_err(|e| {
             failure(
@@ -375,15 +604,13 @@ async fn run_backup(
                 format!("cannot read a disk of the instance: {e}"),
             )
         })?;
-    let reporter = Arc::new(ProgressReporter {
-        client: client.clone(),
-        instance: config.compute_instance_id.clone(),
+    let reporter = Arc::new(ProgressReporter::new(
+        client,
+        config,
         task_id,
-        total: sizes.iter().sum(),
-        cancel: CancellationToken::new(),
-        last: Mutex::new((None, 0)),
-    });
-    reporter.report(0, true);
+        sizes.iter().sum(),
+    ));
+    reporter.confirm(0).await?;
 
     let session = repository.start_session();
     let mut manifest = DiskBackupManifest::new(&work.backup_id, time::OffsetDateTime::now_utc());
@@ -416,7 +643,11 @@ async fn run_backup(
             &reporter.cancel,
         )
         .await
-        .map_err(engine_failure)?;
+        .map_err(|error| {
+            stopped_failure(&reporter, "backup", error, |_| {
+                "no backup was stored".to_owned()
+            })
+        })?;
         let path = disk.path.clone();
         let volumes = tokio::task::spawn_blocking(move || backstop_engine::read_volumes(&path))
             .await
@@ -456,7 +687,7 @@ async fn run_backup(
         )
     })?;
     drop(session);
-    reporter.report(done_before, true);
+    reporter.report_last(done_before).await;
     tracing::info!(task_id, backup_id = %work.backup_id, stored_bytes = result.stored_bytes, "backup finished");
     Ok(result)
 }

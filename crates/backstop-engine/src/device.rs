@@ -64,9 +64,9 @@ impl DiskFile {
     /// `EBUSY` while the device is mounted or otherwise claimed (open(2)),
     /// so a restore cannot overwrite a file system in use.
     ///
-    /// NOTE: the block device paths (`O_EXCL`, size by `SEEK_END`, zeros in
-    /// place of holes) are not covered by the tests, which run without a
-    /// block device.
+    /// NOTE: the block device paths of a restore (`O_EXCL`, zeros in place of
+    /// holes) are not covered by the tests. Only [`disk_size`] has a block
+    /// device test, which needs root and `losetup` and is ignored by default.
     pub(crate) fn open_target(path: &Path) -> Result<OpenedTarget> {
         let existing = match std::fs::metadata(path) {
             Ok(metadata) => Some(metadata),
@@ -222,6 +222,15 @@ impl DiskFile {
     }
 }
 
+/// Opens a disk image or block device for reading and returns its size in
+/// bytes. A block device's size comes from `lseek(SEEK_END)`, because Linux
+/// reports 0 as the file length of block devices.
+///
+/// Blocks; async callers run it on the blocking thread pool.
+pub fn disk_size(path: &Path) -> Result<u64> {
+    DiskFile::open_source(path)?.size()
+}
+
 fn kind_of(file: &File, path: &Path) -> Result<TargetKind> {
     let metadata = file
         .metadata()
@@ -236,5 +245,81 @@ fn kind_of(file: &File, path: &Path) -> Result<TargetKind> {
             path: path.to_owned(),
             reason: "it is neither a regular file nor a block device".to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_size_of_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let file = File::create(&path).unwrap();
+        file.set_len(3 * 1024 * 1024 + 512).unwrap();
+
+        assert_eq!(disk_size(&path).unwrap(), 3 * 1024 * 1024 + 512);
+    }
+
+    #[test]
+    fn disk_size_rejects_missing_and_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.img");
+
+        let error = disk_size(&missing).unwrap_err().to_string();
+        assert!(error.contains("missing.img"), "{error}");
+        assert!(error.contains("No such file"), "{error}");
+
+        let error = disk_size(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("neither a regular file nor a block device"),
+            "{error}"
+        );
+    }
+
+    /// Attaches a loop device to an 8 MiB image and checks that its size is
+    /// read from the device, not from the file length, which Linux reports
+    /// as 0 for block devices. Run with `cargo test -- --ignored` as root.
+    #[test]
+    #[ignore = "needs root and losetup"]
+    fn disk_size_of_loop_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("loop.img");
+        File::create(&image)
+            .unwrap()
+            .set_len(8 * 1024 * 1024)
+            .unwrap();
+        let output = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .expect("losetup must be installed");
+        assert!(
+            output.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let device = PathBuf::from(String::from_utf8(output.stdout).unwrap().trim());
+
+        let metadata_len = std::fs::metadata(&device).map(|m| m.len());
+        let size = disk_size(&device);
+        let detached = std::process::Command::new("losetup")
+            .arg("--detach")
+            .arg(&device)
+            .status();
+
+        assert_eq!(
+            metadata_len.unwrap(),
+            0,
+            "file length of {}",
+            device.display()
+        );
+        assert_eq!(size.unwrap(), 8 * 1024 * 1024);
+        assert!(
+            detached.unwrap().success(),
+            "losetup --detach {} failed",
+            device.display()
+        );
     }
 }

@@ -88,7 +88,7 @@ mod verify;
 mod volumes;
 
 pub use backup::{backup_disk, BackupOptions, DiskBackup, DiskBackupStats, DEFAULT_CHUNK_SIZE};
-pub use device::TargetKind;
+pub use device::{disk_size, TargetKind};
 pub use error::{Error, Result};
 pub use progress::{CancellationToken, NoProgress, Phase, Progress, ProgressSink};
 pub use restore::{check_target_size, restore_disk, RestoreOptions, RestoreStats};

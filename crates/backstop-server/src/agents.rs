@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use backstop_catalog::{
     Archive, Backup, BackupType, Catalog, CatalogError, Disk, InitStatus, Resource, ResourceStatus,
-    ResourceType, Task, TaskCode, TaskType, Volume,
+    ResourceType, Task, TaskCode, TaskStatus, TaskType, Volume,
 };
 use backstop_chunkstore::{Backend, ObjectKey, PutMode, PutOutcome};
 use backstop_proto::agent::{
@@ -67,6 +67,20 @@ fn instance_disks(disks: &[pb::DiskInfo]) -> Vec<backstop_catalog::InstanceDisk>
             device_model: d.device_model.clone(),
         })
         .collect()
+}
+
+/// Returns the reply to an agent that reports on a task that has already
+/// ended, with the reason the server recorded.
+fn task_ended(task: &Task) -> Status {
+    let reason = if task.error.is_empty() {
+        format!("it ended with result {:?}", task.result_code)
+    } else {
+        task.error.clone()
+    };
+    Status::failed_precondition(format!(
+        "task {} has already ended: {reason}; stop working on it",
+        task.id
+    ))
 }
 
 fn object_key(key: &str) -> Result<ObjectKey, Status> {
@@ -521,6 +535,11 @@ impl AgentService for AgentApi {
             .update_task_progress(task.id, request.current, request.total)
             .await
             .map_err(ApiError::from)?;
+        // The update leaves an ended task unchanged. The agent learns from
+        // this reply that it must stop, and why, before it writes anything.
+        if task.status == TaskStatus::Completed {
+            return Err(task_ended(&task));
+        }
         let payload = TaskPayload::from_json(&task.payload).map_err(internal)?;
         let done = percent(task.progress_current, task.progress_total);
         let operation = self
@@ -555,6 +574,9 @@ impl AgentService for AgentApi {
             .0
             .task_for(&request.compute_instance_id, request.task_id)
             .await?;
+        if task.status == TaskStatus::Completed {
+            return Err(task_ended(&task));
+        }
         let outcome = match request.result {
             Some(complete_task_request::Result::Backup(result)) => {
                 match self.0.complete_backup(&task, result).await {

@@ -76,7 +76,16 @@ pub async fn serve_with_ready(
     if !problems.is_empty() {
         anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
     }
+    let problems = local_disk_problems(&config);
+    if !problems.is_empty() {
+        anyhow::bail!("cannot serve local instances:\n  {}", problems.join("\n  "));
+    }
 
+    // Bind before creating anything, so a start that fails on a busy port
+    // leaves no new data folder behind.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data folder {}", config.data_dir.display()))?;
     let catalog: Arc<dyn Catalog> = Arc::new(
@@ -115,9 +124,6 @@ pub async fn serve_with_ready(
         ));
     }
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let advertised_address = config
         .advertise_address
@@ -273,6 +279,41 @@ pub async fn serve_with_ready(
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Opens every disk of the `[[instances]]` the server runs agents for and
+/// lists those that are missing, unreadable, or not a regular file or block
+/// device.
+fn local_disk_problems(config: &ServerConfig) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt as _;
+
+    let mut problems = Vec::new();
+    for (i, instance) in config.instances.iter().enumerate() {
+        for (j, disk) in instance.disks.iter().enumerate() {
+            let checked = std::fs::File::open(&disk.path)
+                .and_then(|file| file.metadata())
+                .and_then(|metadata| {
+                    let kind = metadata.file_type();
+                    if kind.is_file() || kind.is_block_device() {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::other(
+                            "it is neither a regular file nor a block device",
+                        ))
+                    }
+                });
+            if let Err(error) = checked {
+                problems.push(format!(
+                    "instance {}: disk `{}` (instances[{i}].disks[{j}].path = {}) cannot be read: {error}; \
+                     set the path of an existing image file or block device that the server can read",
+                    instance.compute_instance_id,
+                    disk.name,
+                    disk.path.display()
+                ));
+            }
+        }
+    }
+    problems
 }
 
 fn agent_service(hub: Arc<agents::AgentHub>) -> AgentServiceServer<agents::AgentApi> {

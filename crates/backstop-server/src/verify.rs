@@ -2,10 +2,11 @@
 //! references is read back and checked against its digest, and problems
 //! are reported with the backups, disks and offsets they affect.
 
-use std::{collections::HashMap, fmt::Write as _, path::Path};
+use std::{collections::HashMap, fmt::Write as _, path::Path, sync::Arc};
 
+use anyhow::Context as _;
 use backstop_catalog::SqliteCatalog;
-use backstop_chunkstore::{ChunkDigest, ChunkEntry, Repository};
+use backstop_chunkstore::{Backend, ChunkDigest, ChunkEntry, LocalBackend, Repository};
 
 /// Location of one chunk in one backup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,14 +126,34 @@ pub async fn verify_repository(repository: &Repository) -> anyhow::Result<Verify
 }
 
 /// Opens the data folder of a server, running or stopped, and verifies its
-/// repository.
+/// repository. Creates nothing: a folder without a catalog and a repository
+/// is an error.
 pub async fn verify_data_dir(
     data_dir: &Path,
     settings: &crate::RepositoryConfig,
 ) -> anyhow::Result<VerifyOutcome> {
+    let catalog_path = data_dir.join("catalog.db");
+    let repository_path = data_dir.join("repository");
+    if !catalog_path.is_file() || !repository_path.is_dir() {
+        anyhow::bail!(
+            "{} contains no Backstop data (no catalog.db and repository/ in it); pass the data folder \
+             of a server with --data-dir, or its configuration file with --config",
+            data_dir.display()
+        );
+    }
     // Opening the catalog checks that this is a Backstop data folder and
     // applies pending migrations, as the server would.
     SqliteCatalog::open(data_dir).await?;
-    let repository = crate::open_repository(data_dir, settings).await?;
+
+    let credentials = settings.credentials().map_err(anyhow::Error::msg)?;
+    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&repository_path));
+    let repository = Repository::open(backend, &credentials)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the repository in {}",
+                repository_path.display()
+            )
+        })?;
     verify_repository(&repository).await
 }

@@ -106,7 +106,23 @@ enum AuthModeArg {
     Development,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints an error and its causes without a backtrace, even when
+/// `RUST_BACKTRACE` is set, and exits with status 1.
+fn main() -> std::process::ExitCode {
+    let Err(error) = run() else {
+        return std::process::ExitCode::SUCCESS;
+    };
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        // Indent continuation lines, such as those of a TOML parse error, so
+        // that each cause reads as one block.
+        let cause = cause.to_string().replace('\n', "\n    ");
+        eprintln!("  caused by: {cause}");
+    }
+    std::process::ExitCode::FAILURE
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // Client commands report on stdout and stderr themselves and log nothing.
@@ -152,7 +168,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(backstop_server::serve_with_ready(
         config,
-        shutdown_signal(),
+        shutdown_signal("draining calls"),
         Some(ready_tx),
     ));
 
@@ -177,7 +193,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read agent configuration {}", args.config.display()))?;
     let config = backstop_agent::AgentConfig::from_toml(&text)
         .with_context(|| format!("invalid agent configuration {}", args.config.display()))?;
-    backstop_agent::run_agent(config, shutdown_signal()).await
+    backstop_agent::run_agent(config, shutdown_signal("stopping the agent")).await
 }
 
 /// Builds agent configurations for the instances the server runs itself.
@@ -262,9 +278,15 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKSTOP_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,sqlx=warn")
-    });
+    const DEFAULT_FILTER: &str = "info,h2=warn,tower=warn,hyper=warn,sqlx=warn";
+    let mut rejected = None;
+    let filter = match std::env::var("BACKSTOP_LOG") {
+        Ok(value) => tracing_subscriber::EnvFilter::try_new(&value).unwrap_or_else(|error| {
+            rejected = Some((value, error));
+            tracing_subscriber::EnvFilter::new(DEFAULT_FILTER)
+        }),
+        Err(_) => tracing_subscriber::EnvFilter::new(DEFAULT_FILTER),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -277,27 +299,53 @@ fn init_logging(format: LogFormat) {
             .with_current_span(true)
             .init(),
     }
+    if let Some((value, error)) = rejected {
+        tracing::warn!(
+            value = %value,
+            error = %error,
+            default = DEFAULT_FILTER,
+            "invalid BACKSTOP_LOG filter; using the default filter"
+        );
+    }
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Installs the SIGINT and SIGTERM handlers at once, so that a signal sent
+/// during start-up is not lost. The returned future resolves on the first of
+/// them and logs the signal followed by `next_step`, the action the process
+/// takes next. Must be called inside the tokio runtime.
+fn shutdown_signal(next_step: &'static str) -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+    let handlers = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(handler) => Some(handler),
             Err(error) => {
-                tracing::error!(error = %error, "cannot listen for SIGTERM; only SIGINT stops the server");
-                std::future::pending::<()>().await;
+                tracing::error!(error = %error, "cannot listen for {name}; the signal stops this process at once");
+                None
             }
-        }
+        };
+        (
+            install(SignalKind::interrupt(), "SIGINT"),
+            install(SignalKind::terminate(), "SIGTERM"),
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => tracing::info!("SIGINT received, draining calls"),
-        _ = terminate => tracing::info!("SIGTERM received, draining calls"),
+    async move {
+        #[cfg(unix)]
+        let signal = {
+            let (mut interrupt, mut terminate) = handlers;
+            tokio::select! {
+                Some(()) = async { interrupt.as_mut()?.recv().await } => "SIGINT",
+                Some(()) = async { terminate.as_mut()?.recv().await } => "SIGTERM",
+                // Neither handler could be installed, so only the default
+                // action of a signal stops the process.
+                else => std::future::pending::<&str>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signal = {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        };
+        tracing::info!("{signal} received, {next_step}");
     }
 }

@@ -774,3 +774,111 @@ async fn encrypted_repository_backs_up_and_recovers() {
     let (code, _) = run_verify(&server.data_dir);
     assert_ne!(code, 0, "verify without the key must fail");
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// A recovery that the heartbeat timeout failed after the agent had taken
+/// it must not write: the agent is paused with SIGSTOP while its pending
+/// PollTask call receives the task, and resumes after the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_recovery_does_not_write_after_agent_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.raw");
+    random_image(&disk, 32 << 20);
+    let server = TestServer::start_with(ServerOptions {
+        config: Some("heartbeat_timeout_s = 3\n".into()),
+        ..Default::default()
+    });
+    let channel = server.channel().await;
+    let agent_log = dir.path().join("agent.log");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"http://{}\"\ncompute_instance_id = \"{INSTANCE}\"\nfolder_id = \"{FOLDER}\"\n\
+             disks = [{{ name = \"vda\", path = \"{}\" }}]\n",
+            server.address,
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_backstop"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env("BACKSTOP_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&agent_log).unwrap())
+        .spawn()
+        .expect("start backstop agent");
+    wait_online(channel.clone()).await;
+    let (backup_id, original) = backed_up_then_blanked(channel.clone(), &disk).await;
+    let blank = std::fs::read(&disk).unwrap();
+
+    // Let the agent go back to its long PollTask call, then pause it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send_signal(&agent, "STOP");
+    let recover = || StartRecoveryRequest {
+        compute_instance_id: INSTANCE.into(),
+        backup_id: backup_id.clone(),
+    };
+    let started = BackupServiceClient::new(channel.clone())
+        .start_recovery(recover())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        server
+            .wait_for_log(|line| line["message"] == "task assigned to agent")
+            .is_some(),
+        "the paused agent's PollTask call did not take the task"
+    );
+    let ended = wait_end(channel.clone(), &started.id).await;
+    match &ended.result {
+        Some(operation::Result::Error(status)) => {
+            assert_eq!(status.code, Code::Unavailable as i32, "{}", status.message);
+            assert!(status.message.contains("heartbeat"), "{}", status.message);
+        }
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+
+    send_signal(&agent, "CONT");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&agent_log).unwrap();
+        if log.contains("has already ended") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log.contains("has already ended"), "agent log:\n{log}");
+    assert!(!log.contains("cancelled by the user"), "agent log:\n{log}");
+    assert!(
+        std::fs::read(&disk).unwrap() == blank,
+        "the agent wrote to the disk after the recovery failed"
+    );
+
+    // Once its heartbeats are back, a new recovery runs to the end.
+    wait_online(channel.clone()).await;
+    let again = BackupServiceClient::new(channel.clone())
+        .start_recovery(recover())
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = wait_end(channel.clone(), &again.id).await;
+    assert!(
+        matches!(ended.result, Some(operation::Result::Response(_))),
+        "{:?}",
+        ended.result
+    );
+    assert!(std::fs::read(&disk).unwrap() == original);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
