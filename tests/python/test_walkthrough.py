@@ -108,7 +108,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         assert any("demo-vm" in text for text in out.values()), context
         # The backup exists, the file was deleted, then recovered.
         listing_after_damage = next(text for number, text in out.items()
-                                    if "debugfs" in blocks[number - 1][0] and " rm " in blocks[number - 1][0])
+                                    if "rm /report.txt" in blocks[number - 1][0])
         assert "report.txt" not in listing_after_damage, context
         assert "quarterly figures, final version" in joined, context
         assert "listening" in log
