@@ -4,7 +4,7 @@
 //!
 //! `scripts/bench.sh` installs the tools, builds the release binaries and
 //! runs this program. It needs root for `drop_caches` (or `--cache warm`)
-//! and about 15 GiB free in the work folder.
+//! and about 11 GiB free in the work folder.
 
 mod backstop;
 mod image;
@@ -32,7 +32,7 @@ const BLANK_INSTANCE: &str = "bench-blank";
 #[command(about = "Benchmark Backstop against restic, borg and casync on one ext4 disk image")]
 struct Args {
     /// Folder for the copied tree, images and repositories; needs about
-    /// 15 GiB free. The tree is kept between runs and reused.
+    /// 11 GiB free with the default sizes.
     #[arg(long, default_value = "/var/tmp/backstop-bench")]
     work_dir: PathBuf,
 
@@ -68,6 +68,16 @@ struct Args {
     /// Skips restic, borg and casync.
     #[arg(long)]
     no_peers: bool,
+
+    /// Keeps the copied tree for the next run instead of removing it once
+    /// the image is made.
+    #[arg(long)]
+    keep_tree: bool,
+
+    /// Keeps each Backstop deployment's folder (logs, catalog and
+    /// repository) instead of removing it once its figures are taken.
+    #[arg(long)]
+    keep_deployments: bool,
 
     /// Markdown file that receives the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
@@ -122,6 +132,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("cannot create work folder {}", work.display()))?;
     let image_bytes = args.image_mib * MIB;
 
+    check_free_space(work, args.data_mib * MIB, image_bytes)?;
     println!(
         "copying {} MiB of files from {:?}",
         args.data_mib, args.source
@@ -132,6 +143,9 @@ fn main() -> Result<()> {
     println!("making the ext4 image {}", image.display());
     image::make_image(&tree, &image, image_bytes)?;
     let change = image::prepare_change(&tree, work, args.change_percent)?;
+    if !args.keep_tree {
+        remove_path(&tree.root)?;
+    }
 
     println!("timing cp --sparse=always");
     remove_path(&reference)?;
@@ -177,20 +191,20 @@ fn main() -> Result<()> {
             let folder = work.join(peer.name());
             remove_path(&folder)?;
             std::fs::create_dir_all(&folder)?;
-            let peer_image = folder.join("vda.raw");
+            // Each peer starts from the original image and changes it.
             Tool::new("cp", &["--sparse=always"])
                 .arg(&reference)
-                .arg(&peer_image)
+                .arg(&image)
                 .run()?;
             let run = PeerRun {
                 folder: &folder,
-                image: &peer_image,
+                image: &image,
                 reference: &reference,
                 cache: args.cache,
                 change: &apply_change,
             };
             peer_results.push(peers::run_peer(peer, &run)?);
-            remove_path(&peer_image)?;
+            remove_path(&folder)?;
         }
     }
 
@@ -291,14 +305,45 @@ fn run_backstop(
         differential_restore = Some(step);
     }
 
+    let repository_bytes = disk_usage(&deployment.repository_dir())?;
+    drop(deployment);
+    if !args.keep_deployments {
+        remove_path(folder)?;
+    }
     Ok(BackstopResult {
         full_backup,
         changed_backup,
         unchanged_backup,
         full_restore,
         differential_restore,
-        repository_bytes: disk_usage(&deployment.repository_dir())?,
+        repository_bytes,
     })
+}
+
+/// Fails early when the work folder's file system has too little free
+/// space. The estimate covers the tree, the image, its reference copy, the
+/// largest repository, and restic's restore, which writes the whole image
+/// without holes.
+fn check_free_space(work: &Path, data_bytes: u64, image_bytes: u64) -> Result<()> {
+    let output = Tool::new("df", &["--output=avail", "--block-size=1"])
+        .arg(work)
+        .run()?;
+    let available: u64 = output
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .with_context(|| format!("cannot read the free space from df output {output:?}"))?;
+    let needed = data_bytes * 4 + data_bytes / 2 + image_bytes;
+    if available < needed {
+        anyhow::bail!(
+            "{} has {} MiB free, but the run needs about {} MiB; free space, choose another \
+             --work-dir, or lower --data-mib and --image-mib",
+            work.display(),
+            available / MIB,
+            needed / MIB
+        );
+    }
+    Ok(())
 }
 
 /// Counts the 4 MiB blocks in which two images of equal size differ.

@@ -93,7 +93,7 @@ pub struct PeerResult {
 /// Paths a peer run uses.
 pub struct PeerRun<'a> {
     pub folder: &'a Path,
-    /// A copy of the original image, which the run changes.
+    /// The image, equal to the original at the start. The run changes it.
     pub image: &'a Path,
     /// The original image, to check the restore against.
     pub reference: &'a Path,

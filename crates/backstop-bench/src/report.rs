@@ -341,7 +341,7 @@ pub fn render(context: &Context<'_>, results: &Results) -> Result<String> {
     let memory_row = |out: &mut String,
                       step: &str,
                       backstop: Option<StepResult>,
-                      pick: &dyn Fn(&PeerResult) -> u64|
+                      pick: &dyn Fn(&PeerResult) -> Option<u64>|
      -> Result<()> {
         let peers: Vec<String> = Peer::ALL
             .iter()
@@ -350,7 +350,8 @@ pub fn render(context: &Context<'_>, results: &Results) -> Result<String> {
                     .peers
                     .iter()
                     .find(|result| result.peer == *peer)
-                    .map_or("".to_owned(), |result| mib(pick(result)))
+                    .and_then(pick)
+                    .map_or("".to_owned(), mib)
             })
             .collect();
         let (server, agent) = backstop.map_or(("".to_owned(), "".to_owned()), |step| {
@@ -364,44 +365,44 @@ pub fn render(context: &Context<'_>, results: &Results) -> Result<String> {
         Ok(())
     };
     memory_row(&mut out, "full backup", Some(plain.full_backup), &|peer| {
-        peer.full_backup.max_rss_kib
+        Some(peer.full_backup.max_rss_kib)
     })?;
     memory_row(
         &mut out,
         "backup after the change",
         plain.changed_backup,
-        &|peer| peer.changed_backup.max_rss_kib,
+        &|peer| Some(peer.changed_backup.max_rss_kib),
     )?;
     memory_row(
         &mut out,
         "backup of the unchanged disk",
         plain.unchanged_backup,
-        &|peer| peer.unchanged_backup.max_rss_kib,
+        &|peer| Some(peer.unchanged_backup.max_rss_kib),
     )?;
     memory_row(
         &mut out,
         "full restore",
         Some(plain.full_restore),
-        &|peer| peer.restore.max_rss_kib,
+        &|peer| Some(peer.restore.max_rss_kib),
     )?;
     memory_row(
         &mut out,
         "differential restore",
         plain.differential_restore,
-        &|_| 0,
+        &|_| None,
     )?;
     if let Some(encrypted) = &results.encrypted {
         memory_row(
             &mut out,
             "full backup, encrypted",
             Some(encrypted.full_backup),
-            &|peer| peer.full_backup.max_rss_kib,
+            &|peer| Some(peer.full_backup.max_rss_kib),
         )?;
         memory_row(
             &mut out,
             "full restore, encrypted",
             Some(encrypted.full_restore),
-            &|peer| peer.restore.max_rss_kib,
+            &|peer| Some(peer.restore.max_rss_kib),
         )?;
     }
     writeln!(
