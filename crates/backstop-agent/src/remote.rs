@@ -79,7 +79,9 @@ impl Backend for RemoteBackend {
             .put_object(PutObjectRequest {
                 compute_instance_id: self.instance.to_string(),
                 key: key.as_str().to_owned(),
-                data: data.to_vec(),
+                // Takes over the encoder's buffer, which has no other owner,
+                // without copying it.
+                data: Vec::from(data),
                 create_only: matches!(mode, PutMode::Create),
             })
             .await

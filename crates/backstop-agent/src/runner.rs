@@ -35,6 +35,16 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// Largest agent API message; matches the server's limit.
 const MESSAGE_LIMIT: usize = 65 * 1024 * 1024;
 
+/// HTTP/2 receive window of each call, in bytes: room for a whole stored
+/// chunk (4 MiB by default). hyper 1.x's client default is 2 MiB, so the
+/// server would wait for a window update in the middle of most chunks.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// HTTP/2 receive window of the whole connection, in bytes. A restore
+/// fetches up to 8 chunks at once, and hyper's default of 5 MiB has room for about
+/// one.
+const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+
 /// Adds the bearer token to every call.
 #[derive(Clone)]
 pub struct AuthInterceptor(Option<MetadataValue<tonic::metadata::Ascii>>);
@@ -198,7 +208,9 @@ async fn complete_task(
 async fn connect(config: &AgentConfig) -> anyhow::Result<Client> {
     let mut endpoint = Endpoint::from_shared(config.server.clone())
         .with_context(|| format!("invalid server address {:?}", config.server))?
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     if let Some(ca) = &config.tls_ca {
         let pem =
             std::fs::read(ca).with_context(|| format!("cannot read tls_ca {}", ca.display()))?;

@@ -318,7 +318,11 @@ impl ChunkCodec {
         let declared_len = declared_len as usize;
 
         let encrypted = flags & FLAG_AES_256_GCM != 0;
-        let mut body = match (&self.cipher, encrypted) {
+        let compressed = flags & FLAG_ZSTD != 0;
+        // Decrypted content, when the object was sealed. Unsealed content is
+        // read in place from `stored`, so a compressed chunk is copied only
+        // by decompression.
+        let decrypted: Option<Vec<u8>> = match (&self.cipher, encrypted) {
             (Some(cipher), true) => {
                 if stored.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
                     return Err("encrypted object is too short for nonce and tag".to_owned());
@@ -339,7 +343,7 @@ impl ChunkCodec {
                     })?
                     .len();
                 sealed.truncate(plain_len);
-                sealed
+                Some(sealed)
             }
             (None, true) => {
                 return Err("object is encrypted, but the repository has no key".to_owned())
@@ -349,13 +353,17 @@ impl ChunkCodec {
             (Some(_), false) => {
                 return Err("object is not encrypted, but the repository is".to_owned())
             }
-            (None, false) => stored[HEADER_LEN..].to_vec(),
+            (None, false) => None,
         };
 
-        if flags & FLAG_ZSTD != 0 {
-            body = decompress(&body, declared_len)
-                .map_err(|error| format!("zstd decompression failed: {error}"))?;
-        }
+        let body = match (decrypted, compressed) {
+            (Some(content), false) => content,
+            (Some(frame), true) => decompress(&frame, declared_len)
+                .map_err(|error| format!("zstd decompression failed: {error}"))?,
+            (None, false) => stored[HEADER_LEN..].to_vec(),
+            (None, true) => decompress(&stored[HEADER_LEN..], declared_len)
+                .map_err(|error| format!("zstd decompression failed: {error}"))?,
+        };
         if body.len() != declared_len {
             return Err(format!(
                 "content is {} bytes, but the header declares {declared_len}",

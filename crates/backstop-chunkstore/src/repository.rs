@@ -39,6 +39,17 @@ pub struct StoredChunk {
     pub was_new: bool,
 }
 
+/// Whether [`Repository::put_chunk_with_digest`] asks the backend for the
+/// chunk before encoding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExistenceCheck {
+    /// Ask first and skip the encoding when the chunk exists.
+    First,
+    /// The caller just learned that the chunk is missing. A create-only
+    /// write still keeps a chunk that another writer stored meanwhile.
+    Skip,
+}
+
 /// A content-addressed chunk store with one manifest per backup.
 ///
 /// Cloning is cheap and clones share state, including the chunk pins that
@@ -166,7 +177,8 @@ impl Repository {
             move || Ok(codec.hasher().digest(&data))
         })
         .await?;
-        self.put_chunk_with_digest(digest, data).await
+        self.put_chunk_with_digest(digest, data, ExistenceCheck::First)
+            .await
     }
 
     /// Stores a chunk whose digest the caller has just computed with
@@ -175,6 +187,7 @@ impl Repository {
         &self,
         digest: ChunkDigest,
         data: Bytes,
+        check: ExistenceCheck,
     ) -> Result<StoredChunk> {
         // Checked again by the encoder; checking here skips the existence
         // lookup for data that can never be stored.
@@ -189,16 +202,18 @@ impl Repository {
         }
 
         let key = chunk_key(&digest);
-        match self.inner.backend.size(&key).await {
-            Ok(stored_len) => {
-                return Ok(StoredChunk {
-                    digest,
-                    stored_len,
-                    was_new: false,
-                })
+        if check == ExistenceCheck::First {
+            match self.inner.backend.size(&key).await {
+                Ok(stored_len) => {
+                    return Ok(StoredChunk {
+                        digest,
+                        stored_len,
+                        was_new: false,
+                    })
+                }
+                Err(error) if error.is_not_found() => {}
+                Err(error) => return Err(error),
             }
-            Err(error) if error.is_not_found() => {}
-            Err(error) => return Err(error),
         }
 
         let codec = self.inner.codec.clone();

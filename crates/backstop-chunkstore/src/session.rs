@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::digest::ChunkDigest;
 use crate::error::Result;
 use crate::local::run_blocking;
-use crate::repository::{Repository, StoredChunk};
+use crate::repository::{ExistenceCheck, Repository, StoredChunk};
 
 /// Pins held by the sessions of one [`Repository`] and its clones.
 #[derive(Debug, Default)]
@@ -153,7 +153,32 @@ impl ChunkSession {
         })
         .await?;
         self.pin(&[digest]).await;
-        self.repository.put_chunk_with_digest(digest, data).await
+        self.repository
+            .put_chunk_with_digest(digest, data, ExistenceCheck::First)
+            .await
+    }
+
+    /// Pins the chunk, then stores it, like [`put_chunk`](Self::put_chunk)
+    /// but for a caller that has already computed `digest` with
+    /// [`Repository::chunk_hasher`] and learned from
+    /// [`missing_chunks`](Self::missing_chunks) that the chunk is absent.
+    /// It skips hashing the data again and asking whether the chunk exists.
+    /// A chunk stored meanwhile by another writer is kept, and the result's
+    /// `was_new` is false.
+    ///
+    /// The digest is not recomputed in release builds: a digest that does
+    /// not match the data stores the data under the wrong name, which reads
+    /// later report as [`Error::ChunkCorrupt`](crate::Error::ChunkCorrupt).
+    pub async fn put_missing_chunk(&self, digest: ChunkDigest, data: Bytes) -> Result<StoredChunk> {
+        debug_assert_eq!(
+            self.repository.digest(&data),
+            digest,
+            "put_missing_chunk got a digest that does not match the data"
+        );
+        self.pin(&[digest]).await;
+        self.repository
+            .put_chunk_with_digest(digest, data, ExistenceCheck::Skip)
+            .await
     }
 
     /// Returns the number of distinct digests this session has pinned.

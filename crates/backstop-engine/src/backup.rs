@@ -11,7 +11,7 @@
 //!    one [`ChunkSession::missing_chunks`] call per batch pins them and
 //!    returns the absent ones. Two batches are in this stage at once, so
 //!    reading continues while a batch waits for the repository.
-//! 3. upload: absent chunks go to [`ChunkSession::put_chunk`], at most
+//! 3. upload: absent chunks go to [`ChunkSession::put_missing_chunk`], at most
 //!    `parallelism` at once across all batches.
 
 use std::collections::HashSet;
@@ -22,9 +22,11 @@ use std::sync::Arc;
 use backstop_chunkstore::{
     is_zero, ChunkDigest, ChunkEntry, ChunkHasher, ChunkSession, DiskManifest, MAX_CHUNK_LEN,
 };
+use bytes::Bytes;
 use futures::{future, stream, StreamExt, TryStreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::buffers::{BufferPool, PooledBuffer};
 use crate::device::DiskFile;
 use crate::error::{run_blocking, Error, Result};
 use crate::progress::{CancellationToken, Phase, Progress, ProgressSink};
@@ -201,6 +203,7 @@ pub async fn backup_disk(
 
     let hasher = session.repository().chunk_hasher();
     let buffer_limiter = Arc::new(Semaphore::new(options.max_chunks_in_flight));
+    let buffers = BufferPool::new(options.max_chunks_in_flight);
     let batch_size = options.batch_size.min(options.max_chunks_in_flight);
     let reads = stream::iter(0..chunk_count)
         .take_while(|_| future::ready(!cancel.is_cancelled()))
@@ -208,7 +211,7 @@ pub async fn backup_disk(
             let offset = index as u64 * u64::from(options.chunk_size);
             let len = manifest.range_len(index as u64) as usize;
             let range = ChunkRange { index, offset, len };
-            read_chunk(&disk, &hasher, &buffer_limiter, range)
+            read_chunk(&disk, &hasher, &buffer_limiter, &buffers, range)
         })
         .buffer_unordered(options.parallelism);
     let mut batches = reads
@@ -256,7 +259,7 @@ enum Content {
     Hole,
     Data {
         digest: ChunkDigest,
-        data: Vec<u8>,
+        data: PooledBuffer,
         /// Released when the data is dropped.
         _permit: OwnedSemaphorePermit,
     },
@@ -266,6 +269,7 @@ async fn read_chunk(
     disk: &Arc<DiskFile>,
     hasher: &ChunkHasher,
     buffer_limiter: &Arc<Semaphore>,
+    buffers: &Arc<BufferPool>,
     range: ChunkRange,
 ) -> Result<ReadChunk> {
     let permit = Arc::clone(buffer_limiter)
@@ -274,6 +278,7 @@ async fn read_chunk(
         .expect("the buffer semaphore is never closed");
     let disk = Arc::clone(disk);
     let hasher = hasher.clone();
+    let buffers = Arc::clone(buffers);
     run_blocking("read and hash a chunk", move || {
         if disk.range_is_hole(range.offset, range.len as u64) {
             return Ok(ReadChunk {
@@ -282,7 +287,7 @@ async fn read_chunk(
                 content: Content::Hole,
             });
         }
-        let mut data = vec![0u8; range.len];
+        let mut data = buffers.take(range.len);
         disk.read_range(range.offset, &mut data)?;
         let content = if is_zero(&data) {
             Content::Hole
@@ -452,14 +457,27 @@ impl Pipeline<'_> {
             .acquire()
             .await
             .expect("the upload semaphore is never closed");
-        let Content::Data { data, .. } = &item.content else {
+        let Content::Data {
+            digest,
+            data,
+            _permit: permit,
+        } = item.content
+        else {
             unreachable!("only chunks with data are uploaded");
         };
         let range = item.range;
-        let stored = self.session.put_chunk(data).await.map_err(|source| {
-            let action = format!("store the chunk at offset {}", range.offset);
-            self.repository_error(action, source)
-        })?;
+        // The buffer moves into `Bytes` without a copy, and goes back to
+        // the pool when the repository drops the last reference. The permit
+        // is held until the upload ends, so the buffer counts as in flight.
+        let stored = self
+            .session
+            .put_missing_chunk(digest, Bytes::from_owner(data))
+            .await
+            .map_err(|source| {
+                let action = format!("store the chunk at offset {}", range.offset);
+                self.repository_error(action, source)
+            })?;
+        drop(permit);
         Ok((range.len, stored))
     }
 }

@@ -48,7 +48,7 @@
 //! # Durability
 //!
 //! A backup is durable once its manifest is stored: the repository writes
-//! every chunk durably before `put_chunk` returns. A restore does not sync
+//! every chunk durably before its store call returns. A restore does not sync
 //! per chunk. It calls `fsync` on the target once, after the last write,
 //! and returns only after that, also when a range fails or the restore is
 //! cancelled. With the `verify` option, the target is then read back,
@@ -80,6 +80,7 @@
 //! [`DiskManifest`]: backstop_chunkstore::DiskManifest
 
 mod backup;
+mod buffers;
 mod device;
 mod error;
 mod progress;

@@ -18,6 +18,7 @@ use backstop_chunkstore::{
 };
 use futures::{future, stream, StreamExt};
 
+use crate::buffers::BufferPool;
 use crate::device::{DiskFile, OpenedTarget, TargetKind};
 use crate::error::{run_blocking, Error, Result};
 use crate::progress::{CancellationToken, Phase, Progress, ProgressSink};
@@ -193,6 +194,7 @@ pub async fn restore_disk(
         target: Arc::clone(&target),
         hasher: repository.chunk_hasher(),
         differential: options.differential,
+        buffers: BufferPool::new(options.max_chunks_in_flight),
     };
     let report = |processed_bytes| {
         progress.report(Progress {
@@ -296,6 +298,8 @@ struct RangeWriter<'a> {
     target: Arc<DiskFile>,
     hasher: ChunkHasher,
     differential: bool,
+    /// Buffers for reading the target's current content.
+    buffers: Arc<BufferPool>,
 }
 
 impl RangeWriter<'_> {
@@ -312,11 +316,12 @@ impl RangeWriter<'_> {
 
     async fn restore_hole(&self, offset: u64, len: u64) -> Result<RangeOutcome> {
         let target = Arc::clone(&self.target);
+        let buffers = Arc::clone(&self.buffers);
         run_blocking("restore a hole", move || {
             if target.range_is_hole(offset, len) {
                 return Ok(RangeOutcome::AlreadyZero);
             }
-            let mut current = vec![0u8; len as usize];
+            let mut current = buffers.take(len as usize);
             target.read_range(offset, &mut current)?;
             if is_zero(&current) {
                 return Ok(RangeOutcome::AlreadyZero);
@@ -376,12 +381,13 @@ impl RangeWriter<'_> {
     async fn target_contains(&self, extent: Extent, digest: ChunkDigest) -> Result<bool> {
         let target = Arc::clone(&self.target);
         let hasher = self.hasher.clone();
+        let buffers = Arc::clone(&self.buffers);
         run_blocking("compare a target range", move || {
             // A stored chunk is never all zeros, so it cannot match a hole.
             if target.range_is_hole(extent.offset, u64::from(extent.len)) {
                 return Ok(false);
             }
-            let mut current = vec![0u8; extent.len as usize];
+            let mut current = buffers.take(extent.len as usize);
             target.read_range(extent.offset, &mut current)?;
             Ok(hasher.digest(&current) == digest)
         })
