@@ -89,11 +89,11 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     assert len(blocks) >= 8
 
     demo = REPO_ROOT / "demo"
-    kept = None
+    saved_demo = None
     if demo.exists():
         # Keep a developer's own demo folder out of the way and put it back.
-        kept = REPO_ROOT / f"demo.kept-by-test-{os.getpid()}"
-        demo.rename(kept)
+        saved_demo = REPO_ROOT / f"demo.kept-by-test-{os.getpid()}"
+        demo.rename(saved_demo)
     server_log = tmp_path / "server.log"
     try:
         result = subprocess.run(["bash", "-c", build_script(blocks, server_log)], cwd=REPO_ROOT,
@@ -114,5 +114,5 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         assert "listening" in log
     finally:
         shutil.rmtree(demo, ignore_errors=True)
-        if kept is not None:
-            kept.rename(demo)
+        if saved_demo is not None:
+            saved_demo.rename(demo)

@@ -39,7 +39,7 @@ pub struct StoredChunk {
     pub was_new: bool,
 }
 
-/// Whether [`Repository::put_chunk_with_digest`] asks the backend for the
+/// Whether [`Repository::put_chunk_with_digest`] checks the backend for the
 /// chunk before encoding it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ExistenceCheck {

@@ -348,7 +348,7 @@ pub fn message_json(message: &DynamicMessage) -> Result<serde_json::Value, serde
     Ok(json)
 }
 
-/// Removes the `value` key of every `Any` object that holds `Empty`.
+/// Removes the `value` key of every `Any` object that contains `Empty`.
 fn drop_empty_any_values(json: &mut serde_json::Value) {
     match json {
         serde_json::Value::Object(map) => {

@@ -153,12 +153,12 @@ pub struct IdArg {
 }
 
 impl IdArg {
-    /// Returns the id, or a usage error naming `what` is missing.
-    pub fn require(&self, what: &str) -> anyhow::Result<String> {
+    /// Returns the id, or a usage error naming the kind of resource whose id is missing.
+    pub fn require(&self, resource: &str) -> anyhow::Result<String> {
         match self.id.as_ref().or(self.id_flag.as_ref()) {
             Some(id) if !id.is_empty() => Ok(id.clone()),
             _ => Err(UsageError(format!(
-                "missing {what} id: pass it as the first argument or with --id"
+                "missing {resource} id: pass it as the first argument or with --id"
             ))
             .into()),
         }

@@ -69,7 +69,7 @@ fn ordered_value(message: &DynamicMessage) -> anyhow::Result<Value> {
     serde_yaml_ng::to_value(ProtoJson(message)).context("cannot convert the message to JSON form")
 }
 
-/// What a table cell shows.
+/// Content kind of a table cell.
 #[derive(Clone, Copy)]
 pub enum Cell {
     /// The value as it is.

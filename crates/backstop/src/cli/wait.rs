@@ -28,8 +28,8 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Shortest time between two plain progress lines.
 const LINE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Longest time without a plain progress line, printed even when nothing
-/// changed so a log shows the wait is alive.
+/// Maximum time between plain progress lines. A line is printed even when
+/// nothing changed, so a log shows that the wait is alive.
 const QUIET_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Progress as read from the operation and the instance's task.
@@ -76,7 +76,7 @@ pub async fn wait(transport: &Transport, operation: Operation) -> anyhow::Result
 }
 
 /// Gets the operation, retrying a few times while the server is
-/// unavailable. A final error says that the operation may still be running.
+/// unavailable. The final error states that the operation may still be running.
 async fn poll(
     operations: &mut OperationServiceClient<Transport>,
     id: &str,
