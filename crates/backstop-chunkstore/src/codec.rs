@@ -201,6 +201,22 @@ impl ChunkCodec {
         Ok(data)
     }
 
+    /// Like [`ChunkCodec::decode_chunk`], but decodes into `out`, which must
+    /// have the chunk's length.
+    pub(crate) fn decode_chunk_into(
+        &self,
+        digest: &ChunkDigest,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        self.open_into(ObjectKind::Chunk, digest.as_bytes(), stored, out)?;
+        let actual = self.hasher.digest(out);
+        if actual != *digest {
+            return Err(format!("content digest is {actual}"));
+        }
+        Ok(())
+    }
+
     pub(crate) fn encode_manifest(&self, id: &str, data: &[u8]) -> Result<Vec<u8>> {
         self.seal(ObjectKind::Manifest, id.as_bytes(), data)
     }
@@ -282,6 +298,65 @@ impl ChunkCodec {
         stored: &[u8],
         max_len: usize,
     ) -> Result<Vec<u8>, String> {
+        let (declared_len, body) = self.unseal(kind, context, stored, max_len)?;
+        let content = match body {
+            Body::Plain(content) => content.to_vec(),
+            Body::Decrypted(content) => content,
+            Body::Compressed(frame) => decompress(frame, declared_len)
+                .map_err(|error| format!("zstd decompression failed: {error}"))?,
+            Body::DecryptedCompressed(frame) => decompress(&frame, declared_len)
+                .map_err(|error| format!("zstd decompression failed: {error}"))?,
+        };
+        if content.len() != declared_len {
+            return Err(format!(
+                "content is {} bytes, but the header declares {declared_len}",
+                content.len()
+            ));
+        }
+        Ok(content)
+    }
+
+    /// Like [`ChunkCodec::open`], but decodes into `out`, whose length must be
+    /// the content length the header declares.
+    fn open_into(
+        &self,
+        kind: ObjectKind,
+        context: &[u8],
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        let (declared_len, body) = self.unseal(kind, context, stored, out.len())?;
+        if declared_len != out.len() {
+            return Err(format!(
+                "header declares {declared_len} bytes of content, expected {}",
+                out.len()
+            ));
+        }
+        let written = match body {
+            Body::Plain(content) => copy_exact(content, out)?,
+            Body::Decrypted(content) => copy_exact(&content, out)?,
+            Body::Compressed(frame) => decompress_into(frame, out)
+                .map_err(|error| format!("zstd decompression failed: {error}"))?,
+            Body::DecryptedCompressed(frame) => decompress_into(&frame, out)
+                .map_err(|error| format!("zstd decompression failed: {error}"))?,
+        };
+        if written != declared_len {
+            return Err(format!(
+                "content is {written} bytes, but the header declares {declared_len}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the header and, when the object is sealed, the tag, and returns
+    /// the declared content length and the body still to be decompressed.
+    fn unseal<'a>(
+        &self,
+        kind: ObjectKind,
+        context: &[u8],
+        stored: &'a [u8],
+        max_len: usize,
+    ) -> Result<(usize, Body<'a>), String> {
         if stored.len() < HEADER_LEN {
             return Err(format!(
                 "stored object is {} bytes, shorter than the {HEADER_LEN}-byte header",
@@ -319,10 +394,7 @@ impl ChunkCodec {
 
         let encrypted = flags & FLAG_AES_256_GCM != 0;
         let compressed = flags & FLAG_ZSTD != 0;
-        // Decrypted content, when the object was sealed. Unsealed content is
-        // read in place from `stored`, so a compressed chunk is copied only
-        // by decompression.
-        let decrypted: Option<Vec<u8>> = match (&self.cipher, encrypted) {
+        let body = match (&self.cipher, encrypted) {
             (Some(cipher), true) => {
                 if stored.len() < HEADER_LEN + NONCE_LEN + TAG_LEN {
                     return Err("encrypted object is too short for nonce and tag".to_owned());
@@ -343,7 +415,11 @@ impl ChunkCodec {
                     })?
                     .len();
                 sealed.truncate(plain_len);
-                Some(sealed)
+                if compressed {
+                    Body::DecryptedCompressed(sealed)
+                } else {
+                    Body::Decrypted(sealed)
+                }
             }
             (None, true) => {
                 return Err("object is encrypted, but the repository has no key".to_owned())
@@ -353,25 +429,38 @@ impl ChunkCodec {
             (Some(_), false) => {
                 return Err("object is not encrypted, but the repository is".to_owned())
             }
-            (None, false) => None,
+            // Unsealed content is read in place from `stored`, so it is copied
+            // only once, by decompression or into the caller's buffer.
+            (None, false) if compressed => Body::Compressed(&stored[HEADER_LEN..]),
+            (None, false) => Body::Plain(&stored[HEADER_LEN..]),
         };
-
-        let body = match (decrypted, compressed) {
-            (Some(content), false) => content,
-            (Some(frame), true) => decompress(&frame, declared_len)
-                .map_err(|error| format!("zstd decompression failed: {error}"))?,
-            (None, false) => stored[HEADER_LEN..].to_vec(),
-            (None, true) => decompress(&stored[HEADER_LEN..], declared_len)
-                .map_err(|error| format!("zstd decompression failed: {error}"))?,
-        };
-        if body.len() != declared_len {
-            return Err(format!(
-                "content is {} bytes, but the header declares {declared_len}",
-                body.len()
-            ));
-        }
-        Ok(body)
+        Ok((declared_len, body))
     }
+}
+
+/// Content of a stored object after its header and tag were checked.
+enum Body<'a> {
+    /// Uncompressed content, read in place.
+    Plain(&'a [u8]),
+    /// A zstd frame, read in place.
+    Compressed(&'a [u8]),
+    /// Uncompressed content after decryption.
+    Decrypted(Vec<u8>),
+    /// A zstd frame after decryption.
+    DecryptedCompressed(Vec<u8>),
+}
+
+/// Copies `content` into `out` when the lengths agree, and returns the length.
+fn copy_exact(content: &[u8], out: &mut [u8]) -> Result<usize, String> {
+    if content.len() != out.len() {
+        return Err(format!(
+            "content is {} bytes, but the header declares {}",
+            content.len(),
+            out.len()
+        ));
+    }
+    out.copy_from_slice(content);
+    Ok(content.len())
 }
 
 fn encode_header(kind: ObjectKind, flags: u8, len: u64) -> [u8; HEADER_LEN] {
@@ -415,14 +504,24 @@ fn compress_after_prefix(level: i32, data: &[u8], stored: &mut Vec<u8>) -> io::R
 }
 
 fn decompress(frame: &[u8], expected_len: usize) -> io::Result<Vec<u8>> {
+    with_decompressor(|decompressor| decompressor.decompress(frame, expected_len))
+}
+
+/// Decompresses `frame` into `out` and returns the number of bytes written.
+/// A frame whose content does not fit in `out` is an error.
+fn decompress_into(frame: &[u8], out: &mut [u8]) -> io::Result<usize> {
+    with_decompressor(|decompressor| decompressor.decompress_to_buffer(frame, out))
+}
+
+fn with_decompressor<T>(
+    work: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> io::Result<T>,
+) -> io::Result<T> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new()?);
         }
-        slot.as_mut()
-            .expect("decompressor was just set")
-            .decompress(frame, expected_len)
+        work(slot.as_mut().expect("decompressor was just set"))
     })
 }
 

@@ -70,6 +70,12 @@ impl AsRef<[u8]> for PooledBuffer {
     }
 }
 
+impl AsMut<[u8]> for PooledBuffer {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         let data = std::mem::take(&mut self.data);

@@ -4,7 +4,9 @@
 //!
 //! Each chunk range goes through one task: read the target range and hash
 //! it (differential restore), fetch and verify the chunk only if the hashes
-//! differ, then write it with one positioned write. Up to
+//! differ, decode it into a reused buffer, write it with one positioned
+//! write (into a hole, without its long runs of zeros), then start the
+//! range's writeback, so the device writes while later chunks decode. Up to
 //! `max_chunks_in_flight` ranges run at once. Their results are consumed in
 //! disk order, so progress is always a byte offset below which the whole
 //! target is restored. Post-restore verification lives in module `verify`.
@@ -298,7 +300,7 @@ struct RangeWriter<'a> {
     target: Arc<DiskFile>,
     hasher: ChunkHasher,
     differential: bool,
-    /// Buffers for reading the target's current content.
+    /// Buffers for the target's current content and for decoded chunks.
     buffers: Arc<BufferPool>,
 }
 
@@ -327,72 +329,131 @@ impl RangeWriter<'_> {
                 return Ok(RangeOutcome::AlreadyZero);
             }
             target.clear_range(offset, len)?;
+            target.start_writeback(offset, len);
             Ok(RangeOutcome::Cleared)
         })
         .await
     }
 
     async fn restore_chunk(&self, extent: Extent, digest: ChunkDigest) -> Result<RangeOutcome> {
-        if self.differential && self.target_contains(extent, digest).await? {
+        let current = self.current_content(extent, digest).await?;
+        if current == Current::Identical {
             return Ok(RangeOutcome::Identical);
         }
 
-        let data = self.repository.get_chunk(&digest).await.map_err(|source| {
-            let is_data_loss = source.is_not_found()
-                || matches!(source, backstop_chunkstore::Error::ChunkCorrupt { .. });
-            if is_data_loss {
-                Error::DataLoss {
-                    disk: self.disk_name.to_owned(),
-                    offset: extent.offset,
-                    digest,
-                    source: Box::new(source),
+        let buffer = self.buffers.take(extent.len as usize);
+        let data = self
+            .repository
+            .get_chunk_into(&digest, buffer)
+            .await
+            .map_err(|source| {
+                let is_data_loss = source.is_not_found()
+                    || matches!(source, backstop_chunkstore::Error::ChunkCorrupt { .. });
+                if is_data_loss {
+                    Error::DataLoss {
+                        disk: self.disk_name.to_owned(),
+                        offset: extent.offset,
+                        digest,
+                        source: Box::new(source),
+                    }
+                } else {
+                    Error::Repository {
+                        action: format!(
+                            "read chunk {digest} for disk `{}` at offset {}",
+                            self.disk_name, extent.offset
+                        ),
+                        source: Box::new(source),
+                    }
                 }
-            } else {
-                Error::Repository {
-                    action: format!(
-                        "read chunk {digest} for disk `{}` at offset {}",
-                        self.disk_name, extent.offset
-                    ),
-                    source: Box::new(source),
-                }
-            }
-        })?;
-        if data.len() != extent.len as usize {
-            return Err(Error::InvalidManifest {
-                disk: self.disk_name.to_owned(),
-                reason: format!(
-                    "chunk {digest} at offset {} has {} bytes, but the manifest gives the range {} bytes",
-                    extent.offset,
-                    data.len(),
-                    extent.len
-                ),
-            });
-        }
+            })?;
 
         let target = Arc::clone(&self.target);
         run_blocking("write a chunk", move || {
-            target.write_range(extent.offset, &data)?;
+            if current == Current::Hole {
+                write_skipping_zeros(&target, extent.offset, &data)?;
+            } else {
+                target.write_range(extent.offset, &data)?;
+            }
+            target.start_writeback(extent.offset, u64::from(extent.len));
             Ok(RangeOutcome::Written)
         })
         .await
     }
 
-    /// Returns true when the target range already contains the chunk.
-    async fn target_contains(&self, extent: Extent, digest: ChunkDigest) -> Result<bool> {
+    /// Tells what the target range holds now. Without `differential`, only
+    /// holes are recognized, since that costs no read.
+    async fn current_content(&self, extent: Extent, digest: ChunkDigest) -> Result<Current> {
         let target = Arc::clone(&self.target);
         let hasher = self.hasher.clone();
         let buffers = Arc::clone(&self.buffers);
+        let differential = self.differential;
         run_blocking("compare a target range", move || {
             // A stored chunk is never all zeros, so it cannot match a hole.
             if target.range_is_hole(extent.offset, u64::from(extent.len)) {
-                return Ok(false);
+                return Ok(Current::Hole);
+            }
+            if !differential {
+                return Ok(Current::Differs);
             }
             let mut current = buffers.take(extent.len as usize);
             target.read_range(extent.offset, &mut current)?;
-            Ok(hasher.digest(&current) == digest)
+            Ok(if hasher.digest(&current) == digest {
+                Current::Identical
+            } else {
+                Current::Differs
+            })
         })
         .await
     }
+}
+
+/// What a target range holds before a chunk is written to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Current {
+    /// A hole of a sparse file: it reads as zeros.
+    Hole,
+    /// The chunk's content.
+    Identical,
+    /// Something else, or content that was not read.
+    Differs,
+}
+
+/// Size in bytes of the blocks that a write into a hole checks for zeros:
+/// the block size of common file systems, so a skipped block stays a hole.
+const ZERO_BLOCK: usize = 4096;
+
+/// Shortest run of zero bytes that a write into a hole skips. Shorter runs
+/// are written, so that a chunk is not split into many small writes.
+const MIN_SKIPPED_ZEROS: usize = 64 * 1024;
+
+/// Writes `data` at `offset` into a range that is a hole, leaving out runs of
+/// at least [`MIN_SKIPPED_ZEROS`] zero bytes, which already read as zeros
+/// there. So a restored image stays as sparse as `cp --sparse=always` would
+/// make it, and fewer bytes reach the disk.
+fn write_skipping_zeros(target: &DiskFile, offset: u64, data: &[u8]) -> Result<()> {
+    let mut run_start = None;
+    let mut zeros_start = None;
+    for (index, block) in data.chunks(ZERO_BLOCK).enumerate() {
+        let position = index * ZERO_BLOCK;
+        if is_zero(block) {
+            zeros_start.get_or_insert(position);
+            continue;
+        }
+        if let Some(zeros) = zeros_start.take() {
+            if let Some(start) = run_start {
+                if position - zeros >= MIN_SKIPPED_ZEROS {
+                    target.write_range(offset + start as u64, &data[start..zeros])?;
+                    run_start = Some(position);
+                }
+            }
+        }
+        run_start.get_or_insert(position);
+    }
+    if let Some(start) = run_start {
+        let end = zeros_start.unwrap_or(data.len());
+        target.write_range(offset + start as u64, &data[start..end])?;
+    }
+    Ok(())
 }
 
 /// Sizes the target for a disk of `disk_size` bytes and returns the
@@ -493,6 +554,43 @@ mod tests {
 
         assert!(check_target_size("vda", target, 4096, 4096).is_ok());
         assert!(check_target_size("vda", target, 4096, 8192).is_ok());
+    }
+
+    #[test]
+    fn write_into_a_hole_leaves_long_zero_runs_out() {
+        use std::os::unix::fs::MetadataExt;
+
+        const MIB: usize = 1024 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("target.img");
+        // Data at 0..4 KiB, a 1 MiB zero run, data, a short zero run of
+        // 8 KiB inside data, then zeros to the end.
+        let mut data = vec![0u8; 4 * MIB];
+        data[..4096].fill(1);
+        data[4096 + MIB..2 * MIB].fill(2);
+        data[2 * MIB + 8192..3 * MIB].fill(3);
+        let offset = 8 * MIB as u64;
+        let opened = DiskFile::open_target(&path).unwrap();
+        opened.disk.set_len(16 * MIB as u64).unwrap();
+
+        write_skipping_zeros(&opened.disk, offset, &data).unwrap();
+        opened.disk.sync().unwrap();
+
+        let content = std::fs::read(&path).unwrap();
+        assert!(content[..offset as usize].iter().all(|&b| b == 0));
+        assert!(content[offset as usize + data.len()..].iter().all(|&b| b == 0));
+        assert!(content[offset as usize..offset as usize + data.len()] == data[..]);
+        // Written: 4 KiB, then 1 MiB - 4 KiB + 1 MiB (the 8 KiB run is
+        // kept); the 1 MiB run after the first block and the last 1 MiB
+        // stay holes.
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        let written = (4096 + 2 * MIB - 4096) as u64;
+        assert!(
+            allocated >= written && allocated < written + 64 * 1024,
+            "{allocated} bytes allocated, expected about {written}"
+        );
+        assert!(opened.disk.range_is_hole(offset + 4096, MIB as u64));
+        assert!(opened.disk.range_is_hole(offset + 3 * MIB as u64, MIB as u64));
     }
 
     #[test]
