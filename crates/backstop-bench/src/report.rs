@@ -438,7 +438,7 @@ pub fn render(context: &Context<'_>, results: &Results) -> Result<String> {
     render_targets(&mut out, results)?;
 
     writeln!(out, "### Settings and commands\n")?;
-    writeln!(out, "- Backstop: policy with `compression = NORMAL` (zstd level 3), 4 MiB chunks, unencrypted repository in the server's data folder; the encrypted rows use `repository.key_file` (AES-256-GCM, keyed BLAKE3).")?;
+    writeln!(out, "- Backstop: policy with `compression = NORMAL` (zstd level 1), 4 MiB chunks, unencrypted repository in the server's data folder; the encrypted rows use `repository.key_file` (AES-256-GCM, keyed BLAKE3).")?;
     for peer in &results.peers {
         writeln!(out, "- {}: {}.", peer.peer.name(), peer.peer.settings())?;
         for command in &peer.commands {
