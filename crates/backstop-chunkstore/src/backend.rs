@@ -162,6 +162,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Returns the stored size of the object in bytes.
     async fn size(&self, key: &ObjectKey) -> Result<u64>;
+
+    /// Makes every object written so far durable, for backends that batch
+    /// that work. Writes of other backends are durable when `put` returns,
+    /// and for them this does nothing.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::backend::{PutMode, PutOutcome};
 
@@ -61,7 +61,7 @@ fn write_file_durably_with_fault(
     // never open it, because list skips dot-names and no key maps to one. It
     // must be in the same folder, so that the rename below stays on one file
     // system and is atomic.
-    let temp_path = folder.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
+    let temp_path = new_temp_path(folder);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -122,6 +122,52 @@ fn write_file_durably_with_fault(
     result
 }
 
+/// Returns a fresh temporary file path in `folder`.
+fn new_temp_path(folder: &Path) -> PathBuf {
+    folder.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()))
+}
+
+/// First half of a deferred durable write: writes `data` into a new
+/// temporary file in the folder of `path`, without fsync, starts the
+/// kernel's writeback of it, and returns the temporary file's path.
+/// [`commit_temp_file`] later gives it its final name.
+///
+/// Until then the data is readable only under the temporary name, so a
+/// crash loses it but can never leave a partial file under `path`.
+pub(crate) fn write_temp_file(path: &Path, data: &[u8], file_mode: u32) -> io::Result<PathBuf> {
+    let folder = parent_folder(path);
+    create_folder_durably(folder)?;
+    let temp_path = new_temp_path(folder);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(file_mode)
+        .open(&temp_path)?;
+    if let Err(error) = file.write_all(data) {
+        let _ = fs::remove_file(&temp_path);
+        return Err(error);
+    }
+    // Linux starts writeback of a range's dirty pages for DONTNEED, so the
+    // fsync in commit_temp_file finds most of the data already written.
+    // Best effort: the fsync writes whatever is left.
+    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+    Ok(temp_path)
+}
+
+/// Second half of a deferred durable write: fsyncs the temporary file, then
+/// hard-links it to `path`, which fails instead of replacing an existing
+/// object. Leaves the temporary file in place and does not fsync the folder:
+/// the caller calls [`sync_folder`] once per folder after a batch, and only
+/// then may treat the objects as durable.
+pub(crate) fn commit_temp_file(temp_path: &Path, path: &Path) -> io::Result<PutOutcome> {
+    File::open(temp_path)?.sync_all()?;
+    match fs::hard_link(temp_path, path) {
+        Ok(()) => Ok(PutOutcome::Written),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+        Err(error) => Err(error),
+    }
+}
+
 /// Removes a file and fsyncs its folder, so that a deleted object does not
 /// come back after a crash. Returns false when the file did not exist.
 pub(crate) fn remove_file_durably(path: &Path) -> io::Result<bool> {
@@ -156,12 +202,12 @@ fn create_folder_durably(folder: &Path) -> io::Result<()> {
     sync_folder(parent)
 }
 
-fn sync_folder(folder: &Path) -> io::Result<()> {
+pub(crate) fn sync_folder(folder: &Path) -> io::Result<()> {
     File::open(folder)?.sync_all()
 }
 
 /// Returns the folder containing `path`, with `.` for a bare file name.
-fn parent_folder(path: &Path) -> &Path {
+pub(crate) fn parent_folder(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),

@@ -47,6 +47,11 @@
 //! or not at all, also after a crash. Leftover temporary files are skipped
 //! by listings and removed by [`LocalBackend::remove_stale_temp_files`].
 //!
+//! A backend made with [`LocalBackend::with_deferred_chunk_sync`] batches
+//! the fsyncs of new chunks instead: a chunk is readable at once, and
+//! durable under its name before any other object, such as the manifest
+//! that refers to it, is written (module `local`).
+//!
 //! # Garbage collection and why it cannot delete a chunk in use
 //!
 //! A collection run ([`Repository::begin_garbage_collection`], then

@@ -16,7 +16,7 @@ use crate::keys::{EncryptionOptions, MasterKey};
 use crate::local::run_blocking;
 use crate::session::PinRegistry;
 
-const CHUNKS_PREFIX: &str = "chunks/";
+pub(crate) const CHUNKS_PREFIX: &str = "chunks/";
 
 /// Settings for [`Repository::create`].
 #[derive(Clone, Debug, Default)]
@@ -295,8 +295,8 @@ impl Repository {
 
     /// Like [`Repository::get_chunk`], but decodes into `out`, whose length
     /// must be the chunk's length, and hands `out` back. Saves an allocation
-    /// and lets the caller choose the buffer, for example one aligned for
-    /// direct I/O. A chunk of another length is [`Error::ChunkCorrupt`].
+    /// and lets the caller reuse its buffers. A chunk of another length is
+    /// [`Error::ChunkCorrupt`].
     pub async fn get_chunk_into<B>(&self, digest: &ChunkDigest, mut out: B) -> Result<B>
     where
         B: AsMut<[u8]> + Send + 'static,
@@ -505,7 +505,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn get_chunk_into_rejects_a_buffer_of_another_length() {
+    async fn get_chunk_into_rejects_wrong_length() {
         let dir = tempfile::tempdir().unwrap();
         for compression in [Compression::Off, Compression::Normal] {
             let path = dir.path().join(format!("repo-{compression:?}"));

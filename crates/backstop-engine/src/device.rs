@@ -212,9 +212,9 @@ impl DiskFile {
     ///
     /// A restore calls this after each range. Otherwise the kernel starts
     /// writing only once dirty pages pass `dirty_background_ratio` (10% of
-    /// RAM by default), so a restore of a disk smaller than that wrote
-    /// nothing while chunks were decoded and then waited in the final
-    /// `fsync` for all of it. Linux implements `POSIX_FADV_DONTNEED` by
+    /// RAM by default). A restore of a disk smaller than that then wrote
+    /// nothing while chunks were decoded, and waited in the final `fsync`
+    /// for all of it. Linux implements `POSIX_FADV_DONTNEED` by
     /// starting writeback of the range, then dropping its clean pages, which
     /// also keeps a restore from filling the page cache.
     pub(crate) fn start_writeback(&self, offset: u64, len: u64) {

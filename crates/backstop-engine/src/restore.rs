@@ -380,7 +380,7 @@ impl RangeWriter<'_> {
         .await
     }
 
-    /// Tells what the target range holds now. Without `differential`, only
+    /// Returns what the target range contains now. Without `differential`, only
     /// holes are recognized, since that costs no read.
     async fn current_content(&self, extent: Extent, digest: ChunkDigest) -> Result<Current> {
         let target = Arc::clone(&self.target);
@@ -407,7 +407,7 @@ impl RangeWriter<'_> {
     }
 }
 
-/// What a target range holds before a chunk is written to it.
+/// Content of a target range before a chunk is written to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Current {
     /// A hole of a sparse file: it reads as zeros.
@@ -557,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn write_into_a_hole_leaves_long_zero_runs_out() {
+    fn hole_write_skips_long_zero_runs() {
         use std::os::unix::fs::MetadataExt;
 
         const MIB: usize = 1024 * 1024;
@@ -578,11 +578,12 @@ mod tests {
 
         let content = std::fs::read(&path).unwrap();
         assert!(content[..offset as usize].iter().all(|&b| b == 0));
-        assert!(content[offset as usize + data.len()..].iter().all(|&b| b == 0));
+        assert!(content[offset as usize + data.len()..]
+            .iter()
+            .all(|&b| b == 0));
         assert!(content[offset as usize..offset as usize + data.len()] == data[..]);
-        // Written: 4 KiB, then 1 MiB - 4 KiB + 1 MiB (the 8 KiB run is
-        // kept); the 1 MiB run after the first block and the last 1 MiB
-        // stay holes.
+        // Written: 4 KiB, then 1 MiB - 4 KiB + 1 MiB, with the 8 KiB run.
+        // The 1 MiB run after the first block and the last 1 MiB stay holes.
         let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
         let written = (4096 + 2 * MIB - 4096) as u64;
         assert!(
@@ -590,7 +591,9 @@ mod tests {
             "{allocated} bytes allocated, expected about {written}"
         );
         assert!(opened.disk.range_is_hole(offset + 4096, MIB as u64));
-        assert!(opened.disk.range_is_hole(offset + 3 * MIB as u64, MIB as u64));
+        assert!(opened
+            .disk
+            .range_is_hole(offset + 3 * MIB as u64, MIB as u64));
     }
 
     #[test]

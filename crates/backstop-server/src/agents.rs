@@ -125,6 +125,11 @@ impl AgentHub {
         {
             tracing::warn!(error = ?error, instance = %task.compute_instance_id, "cannot reset the resource status");
         }
+        // A failed backup's chunks are kept for the next one, which skips
+        // them, so they are made durable now rather than with a later backup.
+        if let Err(error) = self.backend.flush().await {
+            tracing::warn!(%error, task_id = task.id, "cannot make the task's chunks durable");
+        }
         self.operations
             .finish(&task.operation_id, result.map(|()| empty_response()))
             .await?;

@@ -334,7 +334,21 @@ pub(crate) async fn open_repository(
     let path = data_dir.join("repository");
     std::fs::create_dir_all(&path)
         .with_context(|| format!("cannot create repository folder {}", path.display()))?;
-    let backend: Arc<dyn backstop_chunkstore::Backend> = Arc::new(LocalBackend::new(&path));
+    // The server is the only writer of its repository, so chunk fsyncs can
+    // be batched (see LocalBackend), and no temporary file left at start
+    // belongs to a write in progress: they are leftovers of a crash.
+    let local = LocalBackend::new(&path).with_deferred_chunk_sync();
+    let removed = local
+        .remove_stale_temp_files(Duration::ZERO)
+        .await
+        .with_context(|| format!("cannot clean up the repository in {}", path.display()))?;
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            "removed temporary files left by an interrupted write"
+        );
+    }
+    let backend: Arc<dyn backstop_chunkstore::Backend> = Arc::new(local);
     match Repository::open(backend.clone(), &credentials).await {
         Ok(repository) => Ok(repository),
         Err(backstop_chunkstore::Error::RepositoryNotFound { .. }) => {
