@@ -234,7 +234,13 @@ fn main() -> Result<()> {
         work_dir: work,
         change_percent: args.change_percent,
     };
-    let markdown = report::render(&context, &results)?;
+    let mut markdown = report::render(&context, &results)?;
+    // Notes on other runs, written by hand below a fixed heading, are kept.
+    if let Ok(previous) = std::fs::read_to_string(&args.output) {
+        if let Some(start) = previous.find(report::KEPT_SECTION) {
+            markdown.push_str(&previous[start..]);
+        }
+    }
     std::fs::write(&args.output, &markdown)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     println!("{markdown}");

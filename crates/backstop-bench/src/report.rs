@@ -174,6 +174,10 @@ fn peer_times(results: &Results, pick: impl Fn(&PeerResult) -> f64) -> Vec<Optio
 }
 
 /// Renders the report.
+/// Heading of a hand-written last section of the report, which a new run
+/// keeps instead of replacing.
+pub const KEPT_SECTION: &str = "\n## Other runs\n";
+
 pub fn render(context: &Context<'_>, results: &Results) -> Result<String> {
     let mut out = String::new();
     let date = context
@@ -325,8 +329,8 @@ pub fn render(context: &Context<'_>, results: &Results) -> Result<String> {
     writeln!(
         out,
         "\nA ratio below 1 means Backstop took less time. Backstop's restore returns only after \
-         `fsync` of the target, so the synced rows add `sync FILE` to cp and the peers; the \
-         encrypted rows compare with the peers' unencrypted-Backstop columns of the same step. \
+         `fsync` of the target, so the synced rows add `sync FILE` to cp and the peers. The \
+         encrypted rows repeat the peers' figures of the same step, which ran once. \
          MiB/s is the disk size (holes included) divided by the time.\n"
     )?;
 
@@ -542,5 +546,31 @@ fn render_targets(out: &mut String, results: &Results) -> Result<()> {
         )?;
     }
     writeln!(out)?;
+
+    // A restore writes the image's data like cp does, so cp's synced time
+    // bounds how much faster than a peer any restore can be on this disk.
+    let ceilings: Vec<String> = [Peer::Restic, Peer::Borg]
+        .into_iter()
+        .filter_map(peer)
+        .map(|result| {
+            let theirs = result.restore.seconds + result.restore_sync_seconds;
+            format!(
+                "{} {:.2} s, so at most {:.1}x",
+                result.peer.name(),
+                theirs,
+                theirs / copy_synced
+            )
+        })
+        .collect();
+    if !ceilings.is_empty() {
+        writeln!(
+            out,
+            "A full restore writes the same {} MiB that `cp --sparse=always` writes, so \
+             no restore here can beat cp's {copy_synced:.2} s (synced). Against the \
+             peers' synced restores that caps the speed-up: {}.\n",
+            mib(results.image_allocated_bytes / 1024),
+            ceilings.join("; ")
+        )?;
+    }
     Ok(())
 }

@@ -279,17 +279,17 @@ pub fn assert_same_content(expected: &Path, actual: &Path) -> Result<()> {
 /// Creates an all-zero sparse file of `size` bytes, replacing any file at
 /// `path`.
 pub fn create_blank(path: &Path, size: u64) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => {
-            return Err(error).with_context(|| format!("cannot remove {}", path.display()))
-        }
-    }
+    // Made under another name and renamed, because an agent that reads the
+    // disk's size in between would otherwise report 0 bytes to the server.
+    let mut temp_name = path.as_os_str().to_owned();
+    temp_name.push(".new");
+    let temp = PathBuf::from(temp_name);
     let file =
-        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        fs::File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
     file.set_len(size)
-        .with_context(|| format!("cannot set the length of {}", path.display()))
+        .with_context(|| format!("cannot set the length of {}", temp.display()))?;
+    fs::rename(&temp, path)
+        .with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))
 }
 
 /// Removes a file or folder tree if it exists.
