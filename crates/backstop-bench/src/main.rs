@@ -9,6 +9,7 @@
 mod backstop;
 mod image;
 mod peers;
+mod primitives;
 mod report;
 mod system;
 
@@ -115,6 +116,7 @@ pub struct Results {
     pub plain: BackstopResult,
     pub encrypted: Option<BackstopResult>,
     pub peers: Vec<PeerResult>,
+    pub primitives: Vec<primitives::Speed>,
 }
 
 fn main() -> Result<()> {
@@ -146,6 +148,9 @@ fn main() -> Result<()> {
     if !args.keep_tree {
         remove_path(&tree.root)?;
     }
+
+    println!("measuring digests, ciphers and zstd on one core");
+    let primitives = primitives::measure(&image)?;
 
     println!("timing cp --sparse=always");
     remove_path(&reference)?;
@@ -222,6 +227,7 @@ fn main() -> Result<()> {
         plain,
         encrypted,
         peers: peer_results,
+        primitives,
     };
     let context = report::Context {
         command: &args.command,
