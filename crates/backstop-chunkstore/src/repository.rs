@@ -269,28 +269,10 @@ impl Repository {
     /// A missing chunk is [`Error::ChunkNotFound`], a damaged one
     /// [`Error::ChunkCorrupt`].
     pub async fn get_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
-        let stored = match self.inner.backend.get(&chunk_key(digest)).await {
-            Ok(stored) => stored,
-            Err(error) if error.is_not_found() => {
-                return Err(Error::ChunkNotFound {
-                    digest: *digest,
-                    location: self.inner.location.clone(),
-                })
-            }
-            Err(error) => return Err(error),
-        };
-
-        let codec = self.inner.codec.clone();
-        let digest = *digest;
-        let decoded = run_blocking("decode a chunk", move || {
-            Ok(codec.decode_chunk(&digest, &stored))
+        self.read_chunk(digest, |codec, digest, stored| {
+            codec.decode_chunk(digest, stored)
         })
-        .await?;
-        decoded.map_err(|reason| Error::ChunkCorrupt {
-            digest,
-            location: self.inner.location.clone(),
-            reason,
-        })
+        .await
     }
 
     /// Like [`Repository::get_chunk`], but decodes into `out`, whose length
@@ -308,6 +290,21 @@ impl Repository {
                 max: MAX_CHUNK_LEN,
             });
         }
+        self.read_chunk(digest, move |codec, digest, stored| {
+            codec.decode_chunk_into(digest, stored, out.as_mut())?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Fetches a stored chunk and runs `decode` on it on the blocking thread
+    /// pool. Maps a missing object to [`Error::ChunkNotFound`] and a decode
+    /// failure to [`Error::ChunkCorrupt`].
+    async fn read_chunk<T, F>(&self, digest: &ChunkDigest, decode: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ChunkCodec, &ChunkDigest, &[u8]) -> Result<T, String> + Send + 'static,
+    {
         let stored = match self.inner.backend.get(&chunk_key(digest)).await {
             Ok(stored) => stored,
             Err(error) if error.is_not_found() => {
@@ -322,8 +319,7 @@ impl Repository {
         let codec = self.inner.codec.clone();
         let digest = *digest;
         let decoded = run_blocking("decode a chunk", move || {
-            let result = codec.decode_chunk_into(&digest, &stored, out.as_mut());
-            Ok(result.map(|()| out))
+            Ok(decode(&codec, &digest, &stored))
         })
         .await?;
         decoded.map_err(|reason| Error::ChunkCorrupt {
