@@ -203,8 +203,8 @@ impl ChunkCodec {
         Ok(data)
     }
 
-    /// Like [`ChunkCodec::decode_chunk`], but decodes into `out`, which must
-    /// have the chunk's length.
+    /// Decodes a chunk as [`ChunkCodec::decode_chunk`] does, but into `out`,
+    /// which must have the chunk's length.
     pub(crate) fn decode_chunk_into(
         &self,
         digest: &ChunkDigest,
@@ -318,8 +318,8 @@ impl ChunkCodec {
         Ok(content)
     }
 
-    /// Like [`ChunkCodec::open`], but decodes into `out`, whose length must be
-    /// the content length the header declares.
+    /// Decodes an object as [`ChunkCodec::open`] does, but into `out`, whose
+    /// length must be the content length the header declares.
     fn open_into(
         &self,
         kind: ObjectKind,

@@ -171,7 +171,7 @@ impl LocalBackend {
         })
         .await?;
 
-        // Step 3: forget the objects, then remove their temporary names. A
+        // Step 3: remove the pending entries, then the temporary names. A
         // reader that found a temporary name just before falls back to the
         // final one.
         {

@@ -275,8 +275,8 @@ impl Repository {
         .await
     }
 
-    /// Like [`Repository::get_chunk`], but decodes into `out`, whose length
-    /// must be the chunk's length, and hands `out` back. Saves an allocation
+    /// Reads a chunk as [`Repository::get_chunk`] does, but decodes it into
+    /// `out`, whose length must be the chunk's length, and returns `out`. Saves an allocation
     /// and lets the caller reuse its buffers. A chunk of another length is
     /// [`Error::ChunkCorrupt`].
     pub async fn get_chunk_into<B>(&self, digest: &ChunkDigest, mut out: B) -> Result<B>
